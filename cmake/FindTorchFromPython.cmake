@@ -68,5 +68,8 @@ if(PYFLM_CUDA_ENABLED)
   endif()
 endif()
 
+# torch ignores (and warns about) CMAKE_CUDA_ARCHITECTURES; CMakeLists.txt sets
+# the architectures on the target instead.
+unset(CMAKE_CUDA_ARCHITECTURES)
 find_package(Torch REQUIRED)
 message(STATUS "pyflm: CUDA kernels: ${PYFLM_CUDA_ENABLED}")
