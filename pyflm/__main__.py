@@ -1,0 +1,5 @@
+import sys
+
+from pyflm.cli import main
+
+sys.exit(main())
