@@ -214,6 +214,24 @@ def test_cofw_and_aflw2000_mat(tmp_path, rng):
         read_aflw2000_mat(tmp_path / "bad.mat")
 
 
+def test_cofw_mat_v73(tmp_path, rng):
+    """COFW_train_color.mat is a MATLAB v7.3 (HDF5) file: read through h5py,
+    which sees Matlab arrays transposed; cell arrays of images are skipped."""
+    h5py = pytest.importorskip("h5py")
+    phis = np.hstack([rng.uniform(1, 200, (4, 58)), rng.integers(0, 2, (4, 29)).astype(float)])
+    f = tmp_path / "COFW_train_color.mat"
+    with h5py.File(f, "w", userblock_size=512) as h:
+        h.create_dataset("phisTr", data=phis.T)  # as Matlab writes [4, 87]
+        h.create_dataset("bboxesTr", data=np.ones((4, 4)).T)
+        h.create_dataset("IsTr", (1, 4), dtype=h5py.ref_dtype)
+    with f.open("r+b") as fh:
+        fh.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: x HDF5 schema 1.00 .")
+    out = read_cofw_mat(f)
+    np.testing.assert_allclose(out["landmarks"][:, :, 0], phis[:, :29] - 1)
+    np.testing.assert_array_equal(out["occluded"], phis[:, 58:] > 0.5)
+    np.testing.assert_array_equal(out["boxes"], np.zeros((4, 4)) + [0, 0, 1, 1])
+
+
 # ---------------------------------------------------------------------------
 # COCO-style JSON fixtures
 # ---------------------------------------------------------------------------
