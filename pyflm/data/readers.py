@@ -7,10 +7,13 @@ project convention: 0-based pixels, the centre of the top-left pixel at (0, 0)
 Formats written by Matlab tools are 1-based (the centre of the top-left pixel
 is (1, 1)); their readers subtract 1 by default (``one_based=True``):
 
-* iBUG ``.pts`` (300-W, 300-VW, the data in shared/data). Checked on the data
-  here: points lie in [~0, W] x [~0, H] with several exactly on x = W or y = H
-  (impossible inside a 0-based image, the last pixel centre of a 1-based one)
-  and almost none below 0.5, which fits the 1-based 300-W convention.
+* iBUG ``.pts`` (300-W, 300-VW, the data in shared/data). Checked on the
+  2,566 300-W faces in shared/data: read as 0-based (image = [-0.5, W - 0.5]),
+  194 point coordinates would lie beyond the right/bottom edge (9 exactly on
+  x = W or y = H, the last pixel centre of a 1-based image) and none beyond
+  the left/top; read as 1-based (image = [0.5, W + 0.5]), none lie beyond the
+  right/bottom and 13 (all > -0.3) beyond the left/top. The 1-based reading
+  fits, as the 300-W (Matlab) convention says.
 * COFW ``.mat`` (RCPR, Matlab) and AFLW2000-3D ``pt3d_68`` (3DDFA, Matlab):
   same rule, by provenance; pass ``one_based=False`` to keep values as stored.
 
