@@ -13,7 +13,8 @@ with the normaliser d from the ground truth:
 * ``norm="pupils"``: distance between the eye centroids (mean of 36-41 and of
   42-47 for 68 points; the annotated pupils for WFLW/COFW);
 * ``norm="box"``: sqrt(w * h) of the ground-truth box (given, or the bounding
-  box of the ground-truth landmarks).
+  box of the ground-truth landmarks);
+* an array of per-image distances (e.g. AFLW's stored ``box_size``).
 
 Failure rate at t: the fraction of images with NME > t.
 
@@ -64,11 +65,15 @@ def _batch(x, name: str) -> np.ndarray:
     return a
 
 
-def normalizer(gt, norm: str = "corners", scheme="68", boxes=None) -> np.ndarray:
+def normalizer(gt, norm="corners", scheme="68", boxes=None) -> np.ndarray:
     """Per-image normalising distance [B] (see the module docstring).
     ``boxes``: [B, 4] as (x_min, y_min, x_max, y_max), only for ``norm="box"``."""
     g = _batch(gt, "gt")
-    if norm == "corners":
+    if not isinstance(norm, str):
+        d = np.asarray(norm, dtype=np.float64).reshape(-1)
+        if d.shape != (len(g),):
+            raise ValueError(f"norm given as {d.size} distances for {len(g)} images")
+    elif norm == "corners":
         sch = get_scheme(scheme)
         _check_points(g, sch)
         a, b = sch.norm_indices
@@ -89,7 +94,7 @@ def normalizer(gt, norm: str = "corners", scheme="68", boxes=None) -> np.ndarray
         wh = hi - lo
         d = np.sqrt(wh[:, 0] * wh[:, 1])
     else:
-        raise ValueError(f"norm must be 'corners', 'pupils' or 'box', got {norm!r}")
+        raise ValueError(f"norm must be 'corners', 'pupils', 'box' or per-image distances, got {norm!r}")
     if np.any(~(d > 0)):
         raise ValueError(f"zero or invalid normalising distance ({norm}) for images {np.nonzero(~(d > 0))[0].tolist()}")
     return d
@@ -100,7 +105,7 @@ def _check_points(g: np.ndarray, sch) -> None:
         raise ValueError(f"scheme {sch.name} expects {sch.num_points} points, got {g.shape[1]}")
 
 
-def nme(pred, gt, norm: str = "corners", scheme="68", boxes=None, points=None) -> np.ndarray:
+def nme(pred, gt, norm="corners", scheme="68", boxes=None, points=None) -> np.ndarray:
     """Per-image NME [B] (a fraction, not %). ``points``: indices to average
     over (default all); the normaliser always uses the full ground truth."""
     p, g = _batch(pred, "pred"), _batch(gt, "gt")
@@ -113,7 +118,7 @@ def nme(pred, gt, norm: str = "corners", scheme="68", boxes=None, points=None) -
     return err.mean(axis=1) / d
 
 
-def eye_anchor_nme(pred, gt, scheme="68", norm: str = "corners") -> np.ndarray:
+def eye_anchor_nme(pred, gt, scheme="68", norm="corners") -> np.ndarray:
     """NME over the eye-anchor points only (36-47 for 68 points), per image."""
     return nme(pred, gt, norm=norm, scheme=scheme, points=get_scheme(scheme).eye_anchor)
 
@@ -154,7 +159,7 @@ def auc(nmes, threshold: float = 0.08, method: str = "exact", step: float | None
     raise ValueError(f"method must be 'exact' or 'trapezoid', got {method!r}")
 
 
-def evaluate(pred, gt, norm: str = "corners", scheme="68", boxes=None,
+def evaluate(pred, gt, norm="corners", scheme="68", boxes=None,
              fr_thresholds: Sequence[float] = DEFAULT_FR_THRESHOLDS,
              auc_thresholds: Sequence[float] = DEFAULT_AUC_THRESHOLDS) -> dict[str, float]:
     """{"nme", "eye_nme" (68/98/29 points), "fr@t", "auc@t"} for a set of
@@ -162,7 +167,8 @@ def evaluate(pred, gt, norm: str = "corners", scheme="68", boxes=None,
     e = nme(pred, gt, norm, scheme, boxes)
     out: dict = {"n": int(e.size), "nme": float(e.mean())}
     try:
-        out["eye_nme"] = float(eye_anchor_nme(pred, gt, scheme, norm if norm != "box" else "corners").mean())
+        eye_norm = "corners" if isinstance(norm, str) and norm == "box" else norm
+        out["eye_nme"] = float(eye_anchor_nme(pred, gt, scheme, eye_norm).mean())
     except ValueError:
         pass
     for t in fr_thresholds:

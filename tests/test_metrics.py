@@ -47,6 +47,9 @@ def test_nme_fr_auc_two_images(rng):
     assert res["auc@0.08"] == pytest.approx(0.1875) and res["auc@0.1"] == pytest.approx(0.3)
     assert res["auc@0.07"] == pytest.approx(1 / 7)
     assert res["eye_nme"] == pytest.approx(0.07)  # same offsets on the eye points
+    res = M.evaluate(pred, gt, norm=[50.0, 45.0])
+    np.testing.assert_allclose(res["per_image"], [0.1, 0.1])
+    assert res["eye_nme"] == pytest.approx(0.1) and res["fr@0.08"] == 1.0 and res["auc@0.1"] == 0.0
 
 
 def test_auc_trapezoid_hand_values():
@@ -85,6 +88,9 @@ def test_normalisers(rng):
     pred = gt + (6.0, 8.0)
     assert M.nme(pred, gt, norm="pupils")[0] == pytest.approx(0.1)
     assert M.nme(pred, gt, norm="box", boxes=[[10, 20, 50, 110]])[0] == pytest.approx(10 / 60)
+    assert M.nme(pred, gt, norm=[40.0])[0] == pytest.approx(0.25)  # given per-image distances
+    with pytest.raises(ValueError, match="2 distances for 1 images"):
+        M.nme(pred, gt, norm=[1.0, 2.0])
 
 
 def test_eye_anchor_nme(rng):
