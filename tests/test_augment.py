@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+import pyflm
 from pyflm.data import (
     PAPER1,
     PAPER2,
@@ -15,6 +19,7 @@ from pyflm.data import (
     augmentation_matrix,
     color_jitter,
     get_scheme,
+    load_split,
     occlude,
     sample_params,
     transform_points,
@@ -193,3 +198,29 @@ def test_config_validation_and_shape_errors():
     crop = Crop.from_square(10, 10, 10, 8)
     with pytest.raises(ValueError, match=r"landmarks must be \[98, 2\]"):
         augment(np.zeros((20, 20)), np.zeros((68, 2)), crop.matrix, 8, "98", np.random.default_rng(0))
+
+
+def _data_root() -> Path:
+    env = os.environ.get("PYFLM_DATA")
+    return Path(env) if env else Path(pyflm.__file__).parents[1].parent / "shared" / "data"
+
+
+@pytest.mark.skipif(not (_data_root() / "300w" / "lfpw" / "testset").is_dir(), reason="no 300-W data")
+def test_real_images_crop_and_augment(seed):
+    """Smoke test on real photographs: GT crop, PAPER2 augmentation, the
+    augmented landmarks stay where the same matrix puts them."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    samples = load_split("lfpw-test", root=_data_root())[:3]
+    for s in samples:
+        img = cv2.imread(str(s.image_path), cv2.IMREAD_COLOR)
+        assert img is not None
+        crop = Crop.from_landmarks(s.landmarks, 128)
+        res = augment(img, s.landmarks, crop.matrix, 128, s.scheme, rng, PAPER2)
+        assert res.image.shape == (128, 128, 3) and res.image.dtype == np.uint8
+        moved = transform_points(res.matrix, s.landmarks)
+        if res.params.flip:
+            moved = moved[S68.mirror_array]
+        np.testing.assert_allclose(res.landmarks, moved, atol=1e-9)
+        assert np.all(np.isfinite(res.landmarks)) and np.abs(res.landmarks - 63.5).max() < 128

@@ -33,6 +33,9 @@ def test_square_from_landmarks_hand_values():
     pts2 = np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [8.0, 0.0], [0.0, 2.0]])
     cx, cy, side = square_from_landmarks(pts2, scale=1.0)
     assert (cx, cy, side) == (pytest.approx(1.6), pytest.approx(0.4), 8.0)
+    assert square_from_landmarks(pts2, scale=1.0, center="box") == (4.0, 1.0, 8.0)
+    with pytest.raises(ValueError, match="center must be"):
+        square_from_landmarks(pts2, center="mean")
     with pytest.raises(ValueError, match="zero extent"):
         square_from_landmarks(np.ones((5, 2)))
 
