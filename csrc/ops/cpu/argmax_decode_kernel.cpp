@@ -1,18 +1,18 @@
 // CPU kernel of pyflm::argmax_decode (conventions: csrc/ops/argmax_decode.cpp).
 // Maps are independent: at::parallel_for over B*K maps. Per map, a vectorised
-// NaN-propagating max pass, then a vectorised search for the first element equal
-// to that max (so ties resolve to the first index in row-major order, as
-// torch.argmax does), then scalar refinement on at most 9 neighbours.
+// max + NaN pass, then a vectorised search for the first element equal to that
+// max (so ties resolve to the first index in row-major order, as torch.argmax
+// does), then scalar refinement on at most 9 neighbours.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <tuple>
 #include <type_traits>
@@ -29,75 +29,120 @@ constexpr int kRefineNone = 0;
 constexpr int kRefineQuarter = 1;
 constexpr int kRefineDark = 2;
 
-template <typename acc_t>
-inline acc_t nan_max(acc_t a, acc_t b) {
-  // IEEE maximum: NaN wins, so one pass both finds the max and detects NaN.
-  if (std::isnan(a) || std::isnan(b)) return std::numeric_limits<acc_t>::quiet_NaN();
-  return a > b ? a : b;
+// Why not at::vec here: this file is compiled once for the baseline ISA, where
+// at::vec::Vectorized falls back to its generic element loops (measured ~8x
+// slower than torch.amax on the same data, and float max/compare with NaN
+// semantics do not auto-vectorise without -ffast-math). Instead the scan works
+// on the floats' bits as integers with GCC/Clang vector extensions (32-byte
+// vectors), and its entry points are compiled for AVX2 and for the baseline
+// with a runtime pick (target_clones) where the toolchain supports it.
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && defined(__linux__)
+#define PYFLM_SCAN_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define PYFLM_SCAN_CLONES
+#endif
+#define PYFLM_ALWAYS_INLINE __attribute__((always_inline)) inline
+
+// Order-preserving integer keys from IEEE bits: flipping the magnitude bits of
+// negatives turns sign-magnitude order into two's complement order, and -0
+// (which becomes -1) is folded onto +0 so that -0 == +0 as in float
+// comparisons. NaN: magnitude bits above the infinity pattern. Works the same
+// on scalars and on vector-extension types (where a true comparison is -1).
+template <typename S, typename T>
+PYFLM_ALWAYS_INLINE T order_key(T s) {
+  constexpr int kShift = 8 * sizeof(S) - 1;
+  constexpr S kMag = std::numeric_limits<S>::max();
+  const T k = s ^ ((s >> kShift) & kMag);
+  return k - (k == S(-1));
 }
 
-// Max over a map in its opmath type, NaN if any element is NaN.
-template <typename scalar_t>
-inline at::opmath_type<scalar_t> map_max(const scalar_t* p, int64_t n) {
-  using acc_t = at::opmath_type<scalar_t>;
-  using AVec = at::vec::Vectorized<acc_t>;
-  int64_t i = 0;
-  acc_t m = static_cast<acc_t>(p[0]);
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    constexpr int64_t L = AVec::size();
-    if (n >= 2 * L) {
-      // Two accumulators hide the latency of the max.
-      AVec m0 = AVec::loadu(p), m1 = AVec::loadu(p + L);
-      for (i = 2 * L; i + 2 * L <= n; i += 2 * L) {
-        m0 = at::vec::maximum(m0, AVec::loadu(p + i));
-        m1 = at::vec::maximum(m1, AVec::loadu(p + i + L));
-      }
-      m0 = at::vec::maximum(m0, m1);
-      acc_t lanes[L];
-      m0.store(lanes);
-      for (int64_t l = 0; l < L; ++l) m = nan_max(m, lanes[l]);
-    }
-  } else {
-    // float16 / bfloat16: widen each vector to two float vectors.
-    using SVec = at::vec::Vectorized<scalar_t>;
-    constexpr int64_t L = SVec::size();
-    if (n >= L) {
-      auto [m0, m1] = at::vec::convert_to_float<scalar_t>(SVec::loadu(p));
-      for (i = L; i + L <= n; i += L) {
-        auto [a, b] = at::vec::convert_to_float<scalar_t>(SVec::loadu(p + i));
-        m0 = at::vec::maximum(m0, a);
-        m1 = at::vec::maximum(m1, b);
-      }
-      m0 = at::vec::maximum(m0, m1);
-      constexpr int64_t FL = AVec::size();
-      acc_t lanes[FL];
-      m0.store(lanes);
-      for (int64_t l = 0; l < FL; ++l) m = nan_max(m, lanes[l]);
-    }
-  }
-  for (; i < n; ++i) m = nan_max(m, static_cast<acc_t>(p[i]));
-  return m;
-}
+// First index of the maximum (row-major first on ties, as torch.argmax), or -1
+// when the map holds a NaN. Pass 1: max key and NaN flag, two 32-byte vectors
+// per step; pass 2: first 128-byte block holding the max key, then the first
+// element of it. Maps are small (L1/L2), so the second pass is cheap.
+template <typename S>
+PYFLM_ALWAYS_INLINE int64_t first_argmax_bits(const S* p, int64_t n, S inf_bits) {
+  typedef S V __attribute__((vector_size(32)));
+  constexpr int64_t L = 32 / sizeof(S);
+  constexpr S kMag = std::numeric_limits<S>::max();
+  auto load = [p](int64_t i) {
+    V v;
+    std::memcpy(&v, p + i, sizeof(V));
+    return v;
+  };
+  auto skey = [p](int64_t i) { return order_key<S>(p[i]); };
+  auto snan = [p, inf_bits](int64_t i) { return static_cast<S>(p[i] & kMag) > inf_bits; };
 
-// First index whose value equals m (m is one of the map's values, not NaN).
-template <typename scalar_t>
-inline int64_t first_index_of(const scalar_t* p, int64_t n, at::opmath_type<scalar_t> m) {
-  using SVec = at::vec::Vectorized<scalar_t>;
-  constexpr int64_t L = SVec::size();
-  static_assert(L <= 32, "lane mask must fit an int");
-  constexpr unsigned full = L == 32 ? 0xffffffffu : ((1u << L) - 1u);
-  const scalar_t ms = static_cast<scalar_t>(m);  // exact: m came from the map
-  const SVec vm(ms);
   int64_t i = 0;
-  for (; i + L <= n; i += L) {
-    // zero_mask() marks the lanes where the comparison failed.
-    const unsigned miss = static_cast<unsigned>((SVec::loadu(p + i) == vm).zero_mask()) & full;
-    if (miss != full) return i + __builtin_ctz(~miss & full);
+  S m = skey(0);
+  bool bad = false;
+  if (n >= 2 * L) {
+    V m0 = order_key<S>(load(0)), m1 = order_key<S>(load(L));
+    V b0 = (load(0) & kMag) > inf_bits, b1 = (load(L) & kMag) > inf_bits;
+    for (i = 2 * L; i + 2 * L <= n; i += 2 * L) {
+      const V r0 = load(i), r1 = load(i + L);
+      const V k0 = order_key<S>(r0), k1 = order_key<S>(r1);
+      m0 = k0 > m0 ? k0 : m0;
+      m1 = k1 > m1 ? k1 : m1;
+      b0 |= (r0 & kMag) > inf_bits;
+      b1 |= (r1 & kMag) > inf_bits;
+    }
+    m0 = m1 > m0 ? m1 : m0;
+    b0 |= b1;
+    for (int64_t l = 0; l < L; ++l) {
+      m = m0[l] > m ? m0[l] : m;
+      bad |= b0[l] != 0;
+    }
   }
   for (; i < n; ++i) {
-    if (static_cast<at::opmath_type<scalar_t>>(p[i]) == m) return i;
+    const S k = skey(i);
+    m = k > m ? k : m;
+    bad |= snan(i);
   }
-  return 0;  // unreachable for a NaN-free map
+  if (bad) return -1;
+
+  i = 0;
+  const V mv = m - V{};  // broadcast
+  // Test 4 vectors at a time: reading a vector's lanes back as scalars costs a
+  // store-forwarding round trip, so do it once per 128 bytes.
+  for (; i + 4 * L <= n; i += 4 * L) {
+    const V eq = (order_key<S>(load(i)) == mv) | (order_key<S>(load(i + L)) == mv) |
+                 (order_key<S>(load(i + 2 * L)) == mv) | (order_key<S>(load(i + 3 * L)) == mv);
+    uint64_t w[4];
+    std::memcpy(w, &eq, sizeof(w));
+    if ((w[0] | w[1] | w[2] | w[3]) != 0) break;
+  }
+  for (; i < n; ++i) {
+    if (skey(i) == m) return i;
+  }
+  return 0;  // unreachable: m is one of the keys
+}
+
+PYFLM_SCAN_CLONES int64_t first_argmax_32(const int32_t* p, int64_t n) {
+  return first_argmax_bits<int32_t>(p, n, 0x7f800000);
+}
+
+PYFLM_SCAN_CLONES int64_t first_argmax_64(const int64_t* p, int64_t n) {
+  return first_argmax_bits<int64_t>(p, n, 0x7ff0000000000000LL);
+}
+
+PYFLM_SCAN_CLONES int64_t first_argmax_16(const int16_t* p, int64_t n, int16_t inf_bits) {
+  return first_argmax_bits<int16_t>(p, n, inf_bits);
+}
+
+template <typename scalar_t>
+inline int64_t first_argmax(const scalar_t* p, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    static_assert(sizeof(float) == 4 && std::numeric_limits<float>::is_iec559);
+    return first_argmax_32(reinterpret_cast<const int32_t*>(p), n);
+  } else if constexpr (std::is_same_v<scalar_t, double>) {
+    static_assert(sizeof(double) == 8 && std::numeric_limits<double>::is_iec559);
+    return first_argmax_64(reinterpret_cast<const int64_t*>(p), n);
+  } else {
+    static_assert(sizeof(scalar_t) == 2, "float16 / bfloat16 expected");
+    constexpr int16_t inf_bits = std::is_same_v<scalar_t, c10::Half> ? 0x7c00 : 0x7f80;
+    return first_argmax_16(reinterpret_cast<const int16_t*>(p), n, inf_bits);
+  }
 }
 
 // Sub-pixel refinement at the integer peak (px, py); see argmax_decode.cpp.
@@ -106,6 +151,7 @@ inline void refine_peak(const scalar_t* map, int64_t H, int64_t W, int64_t px, i
                         int mode, acc_t& x, acc_t& y) {
   x = static_cast<acc_t>(px);
   y = static_cast<acc_t>(py);
+  if (mode == kRefineNone) return;
   auto at_ = [&](int64_t r, int64_t c) { return static_cast<acc_t>(map[r * W + c]); };
   if (mode == kRefineQuarter) {
     if (px > 0 && px < W - 1) {
@@ -164,12 +210,11 @@ std::tuple<at::Tensor, at::Tensor> argmax_decode_cpu(const at::Tensor& heatmaps_
     at::parallel_for(0, maps, grain, [&](int64_t begin, int64_t end) {
       for (int64_t k = begin; k < end; ++k) {
         const scalar_t* map = hp + k * n;
-        const acc_t m = map_max(map, n);
-        if (std::isnan(m)) {
+        const int64_t idx = first_argmax(map, n);
+        if (idx < 0) {  // the map holds a NaN
           cp[2 * k] = cp[2 * k + 1] = sp[k] = std::numeric_limits<acc_t>::quiet_NaN();
           continue;
         }
-        const int64_t idx = first_index_of(map, n, m);
         acc_t x, y;
         refine_peak<scalar_t, acc_t>(map, H, W, idx % W, idx / W, mode, x, y);
         cp[2 * k] = x;

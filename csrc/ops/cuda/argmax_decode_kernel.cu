@@ -70,6 +70,7 @@ __device__ void refine_peak(const scalar_t* __restrict__ map, long long H, long 
                             long long px, long long py, int mode, acc_t& x, acc_t& y) {
   x = static_cast<acc_t>(px);
   y = static_cast<acc_t>(py);
+  if (mode == kRefineNone) return;
   auto at_ = [&](long long r, long long c) { return static_cast<acc_t>(map[r * W + c]); };
   if (mode == kRefineQuarter) {
     if (px > 0 && px < W - 1) x += sign_quarter(at_(py, px + 1) - at_(py, px - 1));
