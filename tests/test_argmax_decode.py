@@ -125,6 +125,49 @@ def test_ties_take_first_max_row_major(compiled, device, poison, gen, dtype):
     assert coords[0, 1].tolist() == [4.0, 2.0]
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_special_values_match_torch_argmax(compiled, device, poison, dtype):
+    # The CPU scan compares order-preserving integer keys made from the float
+    # bits: check signed zeros, infinities, subnormals, negative NaN, and peaks
+    # in the vector body and in the scalar tail of odd-sized maps.
+    W = 67  # odd: vector blocks plus a scalar tail
+    inf, nan = float("inf"), float("nan")
+    tiny = torch.finfo(dtype).tiny / 4  # subnormal
+    h = torch.full((1, 10, 3, W), -5.0, dtype=torch.float64)
+    h[0, 0, 0, 5], h[0, 0, 1, 9] = -0.0, 0.0  # -0 == +0: the first one wins
+    h[0, 1, 2, 3], h[0, 1, 0, 7] = 0.0, -0.0
+    h[0, 2].fill_(-inf)  # constant -inf: index 0
+    h[0, 3, 0, 40], h[0, 3, 2, 60] = inf, inf
+    h[0, 4, 1, 11], h[0, 4, 1, 12] = tiny, 0.0  # subnormal beats zero
+    h[0, 5, 2, W - 1] = -nan  # a NaN with the sign bit set, in the tail
+    h[0, 6, 0, 1] = nan  # in the vector body
+    h[0, 7, 2, W - 1] = 3.0  # the max in the tail
+    h[0, 8] = -torch.arange(3 * W, dtype=torch.float64).view(3, W) - 1  # all negative, max first
+    h[0, 9, 2, W - 2], h[0, 9, 2, W - 1] = -1.0, -1.0  # tie in the tail
+    h = h.to(device=device, dtype=dtype)
+    coords, scores = compiled.argmax_decode(h, "none")
+    check_against_reference((coords, scores), h, "none")
+    flat = h.double().flatten(2)
+    idx = flat.argmax(-1)[0]
+    ok = ~flat[0].isnan().any(-1)
+    torch.testing.assert_close(coords[0, ok, 0].long(), idx[ok] % W)
+    torch.testing.assert_close(coords[0, ok, 1].long(), idx[ok] // W)
+    assert coords[0, 0].tolist() == [5.0, 0.0] and coords[0, 1].tolist() == [7.0, 0.0]
+    assert coords[0, 5].isnan().all() and coords[0, 6].isnan().all()
+    assert coords[0, 7].tolist() == [W - 1, 2.0] and coords[0, 9].tolist() == [W - 2, 2.0]
+    assert coords[0, 4].tolist() == [11.0, 1.0] and scores[0, 4].item() > 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_nan_anywhere_in_large_maps(compiled, device, gen, dtype):
+    h = torch.rand(1, 6, 37, 41, dtype=torch.float64, generator=gen).to(device=device, dtype=dtype)
+    n = 37 * 41
+    for k, pos in enumerate([0, 1, 31, n // 2, n - 2, n - 1]):
+        h.view(6, n)[k, pos] = float("nan")
+    coords, scores = compiled.argmax_decode(h, "quarter")
+    assert coords.isnan().all() and scores.isnan().all()
+
+
 def test_quarter_rule_by_hand(compiled, device):
     h = torch.zeros(1, 3, 5, 6, device=device)
     h[0, 0, 2, 3] = 1.0  # interior peak, right > left, lower == upper

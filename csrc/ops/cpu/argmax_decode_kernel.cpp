@@ -53,7 +53,11 @@ PYFLM_ALWAYS_INLINE T order_key(T s) {
   constexpr int kShift = 8 * sizeof(S) - 1;
   constexpr S kMag = std::numeric_limits<S>::max();
   const T k = s ^ ((s >> kShift) & kMag);
-  return k - (k == S(-1));
+  if constexpr (std::is_integral_v<T>) {
+    return k == S(-1) ? S(0) : k;
+  } else {
+    return k - (k == S(-1));  // a true lane compares as -1: -1 - (-1) = 0
+  }
 }
 
 // First index of the maximum (row-major first on ties, as torch.argmax), or -1
