@@ -42,6 +42,11 @@ constexpr int kRefineDark = 2;
 #define PYFLM_SCAN_CLONES
 #endif
 #define PYFLM_ALWAYS_INLINE __attribute__((always_inline)) inline
+// The 32-byte vectors never cross a non-inlined call boundary (all helpers are
+// inlined into the entry points), so GCC's note about their ABI is moot.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 
 // Order-preserving integer keys from IEEE bits: flipping the magnitude bits of
 // negatives turns sign-magnitude order into two's complement order, and -0
