@@ -15,6 +15,13 @@ transitions up + skip concatenation + dense blocks, last 1x1 conv.
 Channels for FC-DenseNet56 (n = 4, k = 12): 48 -> 96 -> 144 -> 192 -> 240 -> 288
 (skips), bottleneck +48, up blocks 48 + skip -> +48, last block 144 + 48 = 192 -> K.
 Input H, W must be divisible by 32. Convs have biases, as in the authors' Lasagne code.
+
+Parameter counts (trainable, BN running stats excluded) against the Tiramisu
+paper's table (11-class CamVid head): FC-DenseNet56 1,376,795 vs "1.5M" (-8 %);
+the same code configured as FC-DenseNet67 gives 3,463,243 vs "3.5M" and as
+FC-DenseNet103 9,322,091 vs "9.4M" (both within 1-2 %), so the layer pattern is
+the paper's and the 56 figure is most likely loosely rounded. With K = 68 heads:
+1,387,796.
 """
 
 from __future__ import annotations
