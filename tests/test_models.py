@@ -191,6 +191,26 @@ def test_compact_channels_last_matches():
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:DeprecationWarning")
+def test_compact_scripts(tmp_path):
+    m = build_model("compact", num_landmarks=5, input_size=128).eval()
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        ref = m(x)
+        path = tmp_path / "compact.pt"
+        torch.jit.script(m).save(str(path))
+        torch.testing.assert_close(torch.jit.load(str(path))(x), ref)
+    # torch.export.export(m, (x,)) also works but takes ~10 s here: not run in CI.
+
+
+def test_compact_width_and_sizes():
+    small = build_model("compact", width=0.5, decoder_channels=32)
+    assert count_parameters(small) < count_parameters(build_model("compact")) / 2
+    with torch.device("meta"):
+        for size in (128, 192):
+            assert build_model("compact", input_size=size)(torch.empty(1, 3, size, size)).shape[-1] == size // 4
+
+
 def test_discriminator_forward_backward():
     _check_backward(build_model("discriminator"), torch.rand(2, K, 2), (2, 1))
 
@@ -205,6 +225,42 @@ def test_dsc_forward_backward():
     assert initial.shape == refined.shape == (1, 4, 64, 64)
     # kernel conv is fixed: no parameters, so DSC params = FC-DenseNet56 + block
     assert count_parameters(m) == count_parameters(m.backbone) + count_parameters(m.refine)
+
+
+class _StubDilatedSkipBlock(torch.nn.Module):
+    """Stands in for pyflm.ops.DilatedSkipBlock (same constructor) to test the
+    DSC wiring while the op is a placeholder: residual stack of dilated 3x3 convs."""
+
+    def __init__(self, channels, growth=None, dilations=(1, 1, 2, 4, 8, 16, 32)):
+        super().__init__()
+        self.layers = torch.nn.ModuleList(
+            [torch.nn.Conv2d(channels, channels, 3, padding=d, dilation=d) for d in dilations]
+        )
+
+    def forward(self, x):
+        for conv in self.layers:
+            x = x + torch.relu(conv(x))
+        return x
+
+
+def test_dsc_wiring_with_stub_block(monkeypatch):
+    import pyflm.ops
+
+    monkeypatch.setattr(pyflm.ops, "DilatedSkipBlock", _StubDilatedSkipBlock)
+    m = build_model("dsc", num_landmarks=3)
+    assert [c.dilation[0] for c in m.refine.layers] == [1, 1, 2, 4, 8, 16, 32]
+    assert count_parameters(m) == count_parameters(m.backbone) + count_parameters(m.refine)
+    x = torch.randn(1, 3, 64, 64)
+    initial, refined = m(x)
+    assert initial.shape == refined.shape == (1, 3, 64, 64)
+    # initial = Gaussian-blurred FC-DenseNet output
+    m.eval()
+    with torch.no_grad():
+        initial, refined = m(x)
+        torch.testing.assert_close(initial, m.kernel_conv(m.backbone(x)))
+        torch.testing.assert_close(refined, m.refine(initial))
+    m.train()
+    _check_backward(m, x, (1, 3, 64, 64))
 
 
 @pytest.mark.skipif(DSC_OK, reason="DilatedSkipBlock is implemented")

@@ -51,8 +51,23 @@ class InvertedResidual(nn.Module):
         return x + y if self.residual else y
 
 
-# (expand, channels, repeats, stride); the stride-4/8/16/32 outputs feed the decoder.
+# (expand, channels, repeats, stride); the last block at each of strides 4, 8, 16
+# and 32 feeds the decoder.
 _STAGES = ((1, 16, 1, 1), (4, 24, 2, 2), (4, 32, 3, 2), (4, 64, 3, 2), (4, 96, 2, 1), (4, 160, 2, 2))
+
+
+class TopDownMerge(nn.Module):
+    """lateral 1x1 conv of the finer map + nearest-upsampled coarser map, then a
+    depthwise-separable 3x3 conv."""
+
+    def __init__(self, cin: int, d: int):
+        super().__init__()
+        self.lateral = conv_bn(cin, d, 1)
+        self.smooth = nn.Sequential(conv_bn(d, d, 3, groups=d), conv_bn(d, d, 1))
+
+    def forward(self, coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
+        lat = self.lateral(fine)
+        return self.smooth(lat + F.interpolate(coarse, size=[lat.shape[-2], lat.shape[-1]], mode="nearest"))
 
 
 class CompactHeatmapNet(nn.Module):
@@ -66,39 +81,38 @@ class CompactHeatmapNet(nn.Module):
             raise ValueError(f"input_size must be divisible by 32, got {input_size}")
         self.num_landmarks = num_landmarks
         self.input_size = input_size
-        stem = _round(32 * width)
-        self.stem = conv_bn(in_channels, stem, 3, stride=2)
-        blocks, taps, cin, stride = [], [], stem, 2
+        cin = _round(32 * width)
+        current: list[nn.Module] = [conv_bn(in_channels, cin, 3, stride=2)]
+        stages: list[nn.Sequential] = []
+        tap_channels: list[int] = []
+        stride = 2
         for t, c, n, s in _STAGES:
+            if s > 1 and stride >= 4:  # stride is about to change: close the current stage
+                stages.append(nn.Sequential(*current))
+                tap_channels.append(cin)
+                current = []
             cout = _round(c * width)
             for i in range(n):
-                blocks.append(InvertedResidual(cin, cout, s if i == 0 else 1, t))
+                current.append(InvertedResidual(cin, cout, s if i == 0 else 1, t))
                 cin = cout
             stride *= s
-            if stride >= 4 and (not taps or taps[-1][1] != stride):
-                taps.append((len(blocks), stride, cout))
-            elif taps and taps[-1][1] == stride:
-                taps[-1] = (len(blocks), stride, cout)  # last block at this stride
-        self.blocks = nn.ModuleList(blocks)
-        self.tap_index = [i for i, _, _ in taps]
+        stages.append(nn.Sequential(*current))
+        tap_channels.append(cin)
+        self.stages = nn.ModuleList(stages)  # outputs at strides 4, 8, 16, 32
         d = decoder_channels
-        self.laterals = nn.ModuleList([conv_bn(c, d, 1) for _, _, c in taps])
-        self.smooth = nn.ModuleList(
-            [nn.Sequential(conv_bn(d, d, 3, groups=d), conv_bn(d, d, 1)) for _ in taps[:-1]]
-        )
+        self.top = conv_bn(tap_channels[-1], d, 1)
+        self.merges = nn.ModuleList([TopDownMerge(c, d) for c in reversed(tap_channels[:-1])])
         self.head = nn.Conv2d(d, num_landmarks, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        feats = []
-        for i, block in enumerate(self.blocks, start=1):
-            x = block(x)
-            if i in self.tap_index:
-                feats.append(x)
-        y = self.laterals[-1](feats[-1])
-        for j in range(len(feats) - 2, -1, -1):
-            lat = self.laterals[j](feats[j])
-            y = self.smooth[j](lat + F.interpolate(y, size=lat.shape[-2:], mode="nearest"))
+        feats: list[torch.Tensor] = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        y = self.top(feats[-1])
+        n = len(feats)
+        for j, merge in enumerate(self.merges):  # coarse to fine
+            y = merge(y, feats[n - 2 - j])
         return self.head(y)
 
 
