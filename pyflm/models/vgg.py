@@ -16,6 +16,11 @@ match exactly, see :func:`pyflm.models.parameter_table`):
 
 The network is fully convolutional for any input size divisible by 32; the paper
 uses 224x224.
+
+Choices where the source is ambiguous: the release's 1x1 score conv used the TF
+``contrib`` default ReLU (probably unintended); we keep it linear as in FCN (no
+effect on the parameter count). Weight init is PyTorch's default; no pretrained
+VGG weights are loaded (a grey 1-channel first conv would not take them as is).
 """
 
 from __future__ import annotations
