@@ -289,3 +289,36 @@ def test_backward_errors(compiled, device):
     if device == "cuda":
         with pytest.raises(RuntimeError, match=r"must be on the same device"):
             compiled._soft_argmax_backward(c.cpu(), h, c, 1.0)
+
+
+def test_scalar_cpu_kernels(compiled):
+    # The kernels used on x86-64 CPUs without AVX2/FMA/F16C, forced by env var in a
+    # fresh process (the choice is made once per process).
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import math, torch, pyflm\n"
+        "from pyflm.ops.soft_argmax import soft_argmax_reference as ref\n"
+        "for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 1e-4), (torch.bfloat16, 2e-2)):\n"
+        "    h = (torch.randn(3, 4, 7, 9, dtype=torch.float64) * 4).to(dtype)\n"
+        "    h[0, 1, 2:, :] = -math.inf\n"
+        "    h[2, 3, 1, 1] = math.nan\n"
+        "    h[1, 0] = -math.inf\n"
+        "    c, f = torch.ops.pyflm.soft_argmax(h, 0.7)\n"
+        "    ec, ef = ref(h.double(), 0.7)\n"
+        "    torch.testing.assert_close(c.double(), ec, atol=tol, rtol=tol, equal_nan=True)\n"
+        "    torch.testing.assert_close(f.double(), ef, atol=tol, rtol=tol, equal_nan=True)\n"
+        "    hg = h.clone().requires_grad_()\n"
+        "    g = torch.randn(3, 4, 2, dtype=c.dtype)\n"
+        "    (gh,) = torch.autograd.grad(torch.ops.pyflm.soft_argmax(hg, 0.7)[0], hg, g)\n"
+        "    hr = h.double().requires_grad_()\n"
+        "    (er,) = torch.autograd.grad(ref(hr, 0.7)[0], hr, g.double())\n"
+        "    torch.testing.assert_close(gh.double(), er, atol=tol, rtol=tol, equal_nan=True)\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ, PYFLM_SOFT_ARGMAX_SCALAR="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

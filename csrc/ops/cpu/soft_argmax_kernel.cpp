@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <tuple>
 
@@ -270,14 +271,19 @@ void write_grad_scalar(const scalar_t* map, scalar_t* out, int64_t H, int64_t W,
   }
 }
 
+// PYFLM_SOFT_ARGMAX_SCALAR=1 forces the scalar kernels (lets the tests cover them).
 bool use_vec_kernels() {
+  static const bool ok = [] {
+    const char* force = std::getenv("PYFLM_SOFT_ARGMAX_SCALAR");
+    if (force != nullptr && force[0] != '\0' && force[0] != '0') return false;
 #if PYFLM_SA_AVX2
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                         __builtin_cpu_supports("f16c");
-  return ok;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
 #else
-  return true;
+    return true;
 #endif
+  }();
+  return ok;
 }
 
 // 1 / T in the accumulation type, kept finite for absurdly small T.
