@@ -59,10 +59,13 @@ __device__ void fill_table(acc_t centre, int64_t n, acc_t c, bool distribution, 
     const acc_t d0 = nearest - centre;
     shift = d0 * d0;
   }
+  const acc_t cutoff = ::log(std::numeric_limits<acc_t>::min());
   acc_t part = 0;
   for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
     const acc_t d = acc_t(j) - centre;
-    const acc_t v = ::exp(-(d * d - shift) * c);
+    const acc_t e = -(d * d - shift) * c;
+    // flush below the smallest normal like the CPU kernel (same results on both)
+    const acc_t v = e > cutoff ? ::exp(e) : acc_t(0);
     g[j] = v;
     part += v;
   }
