@@ -163,6 +163,8 @@ std::tuple<at::Tensor, at::Tensor> heatmap_targets_cuda(
   if (B == 0 || (K == 0 && !with_bg)) return {targets, mask};
   TORCH_CHECK((HW + kThreads - 1) / kThreads <= std::numeric_limits<int32_t>::max(),
               "pyflm.heatmap_targets: height * width too large, got ", H, " x ", W);
+  TORCH_CHECK(M <= std::numeric_limits<int32_t>::max(),
+              "pyflm.heatmap_targets: B * K too large for one launch, got ", M);
 
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, coords.scalar_type(),
