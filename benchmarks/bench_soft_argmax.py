@@ -82,11 +82,11 @@ def run(device: str = "cpu", quick: bool = False) -> list[dict]:
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rows = run(args.device, args.quick)
     common.print_table(rows, COLUMNS)
     path = common.write_jsonl(common.RESULTS_DIR / f"soft_argmax_{args.device}.jsonl", rows)
