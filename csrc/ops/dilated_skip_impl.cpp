@@ -16,6 +16,8 @@
 #include <cstdlib>
 #include <string>
 
+#include <ATen/Parallel.h>
+
 #include "ops/checks.h"
 
 namespace pyflm::dilated_skip {
@@ -103,6 +105,23 @@ void backward_taps(const at::Tensor& g, const at::Tensor& x, const at::Tensor& g
   }
 }
 
+// Runs fn(b0, b1, slot) over sample ranges. On CPU the samples are spread over
+// the intra-op threads (each GEMM then runs single-threaded inside the parallel
+// region: no per-GEMM synchronisation, which matters for these thin GEMMs);
+// elsewhere (CUDA) one serial loop on the current stream. slot < max_slots().
+int64_t max_slots(const at::Tensor& t) {
+  return t.device().is_cpu() ? at::get_num_threads() : 1;
+}
+
+template <typename Fn>
+void for_samples(const at::Tensor& t, int64_t B, const Fn& fn) {
+  if (t.device().is_cpu() && B > 1 && at::get_num_threads() > 1) {
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) { fn(b0, b1, at::get_thread_num()); });
+  } else {
+    fn(0, B, 0);
+  }
+}
+
 std::string layer_arg(const char* name, size_t l) {
   return std::string(name) + "[" + std::to_string(l) + "]";
 }
@@ -175,11 +194,13 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& input, at::TensorLi
     const at::Tensor wt = weights[l].permute({2, 3, 0, 1}).contiguous();  // [3, 3, G, cin]
     at::Tensor target = last ? output : buffer.narrow(1, cin, G);
     if (!last) target.copy_(biases[l].view({1, G, 1, 1}).expand_as(target));
-    at::Tensor scratch = at::empty({cin, HW}, x.options());
-    for (int64_t b = 0; b < B; ++b) {
-      forward_taps(target[b].view({G, HW}), buffer[b].narrow(0, 0, cin).view({cin, HW}), wt,
-                   dilations[l], H, W, scratch);
-    }
+    for_samples(x, B, [&](int64_t b0, int64_t b1, int64_t) {
+      at::Tensor scratch = at::empty({cin, HW}, x.options());
+      for (int64_t b = b0; b < b1; ++b) {
+        forward_taps(target[b].view({G, HW}), buffer[b].narrow(0, 0, cin).view({cin, HW}), wt,
+                     dilations[l], H, W, scratch);
+      }
+    });
     if (!last) {
       target.relu_();
       cin += G;
@@ -247,15 +268,20 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> backwar
     }
     grad_b[li] = g.sum({0, 2, 3});
     const at::Tensor wt = weights[li].permute({2, 3, 0, 1}).contiguous();  // [3, 3, G, cin]
-    at::Tensor dwt = at::zeros({3, 3, G, cin}, g_out.options());
-    at::Tensor scratch = at::empty({G, HW}, g_out.options());
-    for (int64_t b = 0; b < B; ++b) {
-      at::Tensor gmid_b;
-      if (cin > C) gmid_b = gmid[b].narrow(0, 0, cin - C).view({cin - C, HW});
-      backward_taps(g[b].view({G, HW}), buf[b].narrow(0, 0, cin).view({cin, HW}),
-                    grad_input[b].view({C, HW}), gmid_b, wt, dwt, dilations[li], H, W, scratch);
-    }
-    grad_w[li] = dwt.permute({2, 3, 0, 1}).contiguous();
+    // One weight-gradient accumulator per thread slot, summed afterwards.
+    const int64_t slots = B > 1 ? max_slots(g_out) : 1;
+    at::Tensor dwt = at::zeros({slots, 3, 3, G, cin}, g_out.options());
+    for_samples(g_out, B, [&](int64_t b0, int64_t b1, int64_t slot) {
+      at::Tensor scratch = at::empty({G, HW}, g_out.options());
+      const at::Tensor dw = dwt[std::min(slot, slots - 1)];
+      for (int64_t b = b0; b < b1; ++b) {
+        at::Tensor gmid_b;
+        if (cin > C) gmid_b = gmid[b].narrow(0, 0, cin - C).view({cin - C, HW});
+        backward_taps(g[b].view({G, HW}), buf[b].narrow(0, 0, cin).view({cin, HW}),
+                      grad_input[b].view({C, HW}), gmid_b, wt, dw, dilations[li], H, W, scratch);
+      }
+    });
+    grad_w[li] = (slots == 1 ? dwt[0] : dwt.sum(0)).permute({2, 3, 0, 1}).contiguous();
   }
   return {grad_input, grad_w, grad_b};
 }
