@@ -113,9 +113,14 @@ int64_t max_slots(const at::Tensor& t) {
   return t.device().is_cpu() ? at::get_num_threads() : 1;
 }
 
+// Below this much work per sample (GEMM multiply-adds) waking threads costs
+// more than it saves.
+constexpr int64_t kParallelWork = 1 << 20;
+
 template <typename Fn>
-void for_samples(const at::Tensor& t, int64_t B, const Fn& fn) {
-  if (t.device().is_cpu() && B > 1 && at::get_num_threads() > 1) {
+void for_samples(const at::Tensor& t, int64_t B, int64_t work_per_sample, const Fn& fn) {
+  if (t.device().is_cpu() && B > 1 && at::get_num_threads() > 1 &&
+      work_per_sample >= kParallelWork) {
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) { fn(b0, b1, at::get_thread_num()); });
   } else {
     fn(0, B, 0);
@@ -194,7 +199,7 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& input, at::TensorLi
     const at::Tensor wt = weights[l].permute({2, 3, 0, 1}).contiguous();  // [3, 3, G, cin]
     at::Tensor target = last ? output : buffer.narrow(1, cin, G);
     if (!last) target.copy_(biases[l].view({1, G, 1, 1}).expand_as(target));
-    for_samples(x, B, [&](int64_t b0, int64_t b1, int64_t) {
+    for_samples(x, B, 9 * G * cin * HW, [&](int64_t b0, int64_t b1, int64_t) {
       at::Tensor scratch = at::empty({cin, HW}, x.options());
       for (int64_t b = b0; b < b1; ++b) {
         forward_taps(target[b].view({G, HW}), buffer[b].narrow(0, 0, cin).view({cin, HW}), wt,
@@ -269,9 +274,9 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> backwar
     grad_b[li] = g.sum({0, 2, 3});
     const at::Tensor wt = weights[li].permute({2, 3, 0, 1}).contiguous();  // [3, 3, G, cin]
     // One weight-gradient accumulator per thread slot, summed afterwards.
-    const int64_t slots = B > 1 ? max_slots(g_out) : 1;
+    const int64_t slots = B > 1 && 27 * G * cin * HW >= kParallelWork ? max_slots(g_out) : 1;
     at::Tensor dwt = at::zeros({slots, 3, 3, G, cin}, g_out.options());
-    for_samples(g_out, B, [&](int64_t b0, int64_t b1, int64_t slot) {
+    for_samples(g_out, B, 27 * G * cin * HW, [&](int64_t b0, int64_t b1, int64_t slot) {
       at::Tensor scratch = at::empty({G, HW}, g_out.options());
       const at::Tensor dw = dwt[std::min(slot, slots - 1)];
       for (int64_t b = b0; b < b1; ++b) {

@@ -160,8 +160,10 @@ class DilatedSkipBlock(nn.Module):
         weights: List[Tensor] = []
         biases: List[Tensor] = []
         for conv in self.layers:
+            bias = conv.bias
+            assert bias is not None  # the layers are built with biases
             weights.append(conv.weight)
-            biases.append(conv.bias)
+            biases.append(bias)
         if torch.jit.is_scripting():
             return torch.ops.pyflm.dilated_skip_block(x, weights, biases, self.dilations)
         return dilated_skip_block(x, weights, biases, self.dilations)
@@ -172,14 +174,29 @@ if _library.HAS_OPS:
     def _buffer_channels(input: Tensor, weights: Sequence[Tensor]) -> int:
         return input.shape[1] + sum(w.shape[0] for w in weights[:-1])
 
+    def _fake_checks(input, weights, biases, dilations) -> None:
+        # Shapes/dtypes are checked by the real kernels; mixing a meta tensor
+        # with real ones dispatches here, so the device check lives here too.
+        torch._check(input.dim() == 4, lambda: f"pyflm.dilated_skip_block: input must be 4-D [B, C, H, W], got {input.dim()}-D")
+        torch._check(
+            len(weights) == len(biases) == len(dilations) >= 1,
+            lambda: "pyflm.dilated_skip_block: weights, biases and dilations must have the same length (one per layer)",
+        )
+        for name, ts in (("weights", weights), ("biases", biases)):
+            for i, t in enumerate(ts):
+                torch._check(
+                    t.device == input.device,
+                    lambda: f"pyflm.dilated_skip_block: input (on {input.device}) and {name}[{i}] (on {t.device}) must be on the same device",
+                )
+
     @torch.library.register_fake("pyflm::dilated_skip_block")
     def _fake_block(input, weights, biases, dilations):
-        torch._check(input.dim() == 4, lambda: "pyflm.dilated_skip_block: input must be 4-D")
+        _fake_checks(input, weights, biases, dilations)
         return input.new_empty(input.shape)
 
     @torch.library.register_fake("pyflm::_dilated_skip_block_forward")
     def _fake_forward(input, weights, biases, dilations):
-        torch._check(input.dim() == 4, lambda: "pyflm.dilated_skip_block: input must be 4-D")
+        _fake_checks(input, weights, biases, dilations)
         b, _, h, w = input.shape
         return input.new_empty(input.shape), input.new_empty((b, _buffer_channels(input, weights), h, w))
 
