@@ -7,8 +7,9 @@
 // one contiguous span of columns of both matrices, i.e. a single GEMM straight
 // into the destination slice (addmm_ accumulates in place, no temporaries).
 // Only the columns a horizontal shift would wrap into the neighbouring row are
-// wrong; for dx != 0 we GEMM from a copy of the (small) operand with those
-// columns zeroed. Taps whose shifted region is empty (|dy| >= H or |dx| >= W)
+// wrong; for dx != 0 we GEMM from a per-sample copy of the right-hand operand
+// (X in forward, the output gradient in backward) with those columns zeroed,
+// shared by the three taps of that column. Taps whose shifted region is empty (|dy| >= H or |dx| >= W)
 // are skipped, and clipped taps cost proportionally less.
 #include "ops/dilated_skip_impl.h"
 
