@@ -172,11 +172,11 @@ def run(device: str = "cpu", quick: bool = False) -> list[dict]:
     return records
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     records = run(args.device, args.quick)
     common.print_table(records, ["case", "shape", "ref_ms", "op_ms", "ratio", "ref_mb", "op_mb", "mem_ratio"])
     path = common.write_jsonl(common.RESULTS_DIR / f"dilated_skip_{args.device}.jsonl", records)
