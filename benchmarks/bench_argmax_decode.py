@@ -11,7 +11,6 @@ benchmarks/results/argmax_decode_<device>.jsonl.
 
 from __future__ import annotations
 
-import argparse
 
 import torch
 
@@ -72,14 +71,7 @@ def run(device: str = "cpu", quick: bool = False) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    records = run(args.device, args.quick)
-    common.print_table(records, ["shape", "dtype", "refine", "op_ms", "ref_ms", "ratio", "amax_ms", "op_vs_amax", "GB_per_s"])
-    path = common.write_jsonl(common.RESULTS_DIR / f"argmax_decode_{args.device}.jsonl", records)
-    print(f"wrote {path}")
+    common.bench_main("argmax_decode", run, ["shape", "dtype", "refine", "op_ms", "ref_ms", "ratio", "amax_ms", "op_vs_amax", "GB_per_s"], argv, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

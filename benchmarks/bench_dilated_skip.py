@@ -15,7 +15,6 @@ uses ``torch.cuda.max_memory_allocated`` deltas instead.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -151,7 +150,7 @@ def run(device: str = "cpu", quick: bool = False) -> list[dict]:
                 "machine": machine,
             }
         )
-    del mods
+    mods.clear()  # free the timed modules before the memory runs
 
     peaks = {v: _peak_in_subprocess(v, shape, device) for v in ("reference", "op")}
     records.append(
@@ -173,14 +172,7 @@ def run(device: str = "cpu", quick: bool = False) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    records = run(args.device, args.quick)
-    common.print_table(records, ["case", "shape", "ref_ms", "op_ms", "ratio", "ref_mb", "op_mb", "mem_ratio"])
-    path = common.write_jsonl(common.RESULTS_DIR / f"dilated_skip_{args.device}.jsonl", records)
-    print(f"wrote {path}")
+    common.bench_main("dilated_skip", run, ["case", "shape", "ref_ms", "op_ms", "ratio", "ref_mb", "op_mb", "mem_ratio"], argv, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

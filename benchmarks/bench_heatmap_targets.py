@@ -15,7 +15,6 @@ zeroed [K, H, W] array and the batch is collated into one tensor
 
 from __future__ import annotations
 
-import argparse
 
 import numpy as np
 import torch
@@ -128,15 +127,8 @@ def run(device: str = "cpu", quick: bool = False) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    records = run(args.device, args.quick)
-    common.print_table(records, ["device", "kind", "dtype", "B", "K", "H", "W", "baseline",
-                                 "op_ms", "baseline_ms", "ratio", "target", "meets_target"])
-    path = common.write_jsonl(common.RESULTS_DIR / f"heatmap_targets_{args.device}.jsonl", records)
-    print(f"wrote {path}")
+    common.bench_main("heatmap_targets", run, ["device", "kind", "dtype", "B", "K", "H", "W", "baseline",
+                 "op_ms", "baseline_ms", "ratio", "target", "meets_target"], argv, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

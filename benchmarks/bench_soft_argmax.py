@@ -9,7 +9,6 @@ eagerly; its backward is autograd's.
 
 from __future__ import annotations
 
-import argparse
 
 import torch
 
@@ -83,14 +82,7 @@ def run(device: str = "cpu", quick: bool = False) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    rows = run(args.device, args.quick)
-    common.print_table(rows, COLUMNS)
-    path = common.write_jsonl(common.RESULTS_DIR / f"soft_argmax_{args.device}.jsonl", rows)
-    print(f"wrote {path}")
+    common.bench_main("soft_argmax", run, COLUMNS, argv, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -90,3 +90,19 @@ def write_jsonl(path: Path | str, records: list[dict]) -> Path:
         os.unlink(tmp)
         raise
     return path
+
+
+def bench_main(op: str, run: Callable[[str, bool], list[dict]], columns: list[str],
+               argv: list[str] | None, description: str) -> None:
+    """The command line every bench_<op> module shares: --device, --quick; runs
+    ``run(device, quick)``, prints ``columns`` and writes results/<op>_<device>.jsonl."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--quick", action="store_true", help="small sizes, short timings")
+    args = parser.parse_args(argv)
+    records = run(args.device, args.quick)
+    print_table(records, columns)
+    path = write_jsonl(RESULTS_DIR / f"{op}_{args.device}.jsonl", records)
+    print(f"wrote {path}")

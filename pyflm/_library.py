@@ -8,7 +8,10 @@ wrapper falls back to its plain-PyTorch reference and warns once.
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -17,13 +20,47 @@ import torch
 _C = None
 LOAD_ERROR: Exception | None = None
 
+
+def _installed_build():
+    """The compiled module of an installed pyflm of this same version that this
+    source tree shadows (``python -m pytest`` or ``python -m benchmarks...`` run
+    from a checkout after ``pip install .``), or None."""
+    from pyflm import __version__
+
+    try:
+        if importlib.metadata.version("pyflm") != __version__:
+            return None
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    here = Path(__file__).resolve().parent
+    for entry in sys.path:
+        folder = Path(entry or ".").resolve() / "pyflm"
+        if folder == here or not folder.is_dir():
+            continue
+        for candidate in sorted(folder.glob("_C.*")):
+            if candidate.suffix not in (".so", ".pyd"):
+                continue
+            spec = importlib.util.spec_from_file_location("pyflm._C", candidate)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            sys.modules["pyflm._C"] = module
+            return module
+    return None
+
+
 if os.environ.get("PYFLM_DISABLE_OPS", "") not in ("", "0"):
     LOAD_ERROR = RuntimeError("disabled by PYFLM_DISABLE_OPS")
 else:
     try:
         from pyflm import _C  # noqa: F811  (loads libpyflm_ops)
-    except ImportError as exc:  # not built, or built for another torch
+    except ImportError as exc:  # not built here, or built for another torch
         LOAD_ERROR = exc
+        try:
+            _C = _installed_build()
+        except ImportError as exc2:
+            LOAD_ERROR = exc2
+        if _C is not None:
+            LOAD_ERROR = None
 
 HAS_OPS: bool = _C is not None
 _WITH_CUDA: bool = bool(_C is not None and _C.build_info()["with_cuda"])

@@ -34,12 +34,9 @@
 
 #include "ops/checks.h"
 
-namespace pyflm {
+#include "ops/argmax_decode.h"
 
-// Refine codes shared (by value) with the kernels in cpu/ and cuda/.
-constexpr int kRefineNone = 0;
-constexpr int kRefineQuarter = 1;
-constexpr int kRefineDark = 2;
+namespace pyflm {
 
 int argmax_decode_parse_refine(c10::string_view refine) {
   if (refine == "none") return kRefineNone;

@@ -11,6 +11,8 @@
 #include <string>
 #include <tuple>
 
+#include "ops/heatmap_targets.h"
+
 namespace pyflm {
 namespace {
 
@@ -30,8 +32,6 @@ std::tuple<at::Tensor, at::Tensor> heatmap_targets_autograd(
 
 namespace heatmap_targets_detail {
 
-// Validation shared by the CPU and CUDA kernels (each declares it; they link
-// into the same library). Returns the kind: 0 gaussian, 1 distribution, 2 pwc.
 int check_inputs(const at::Tensor& coords, const std::optional<at::Tensor>& visibility,
                  int64_t height, int64_t width, double sigma, c10::string_view kind,
                  bool background) {
@@ -56,9 +56,9 @@ int check_inputs(const at::Tensor& coords, const std::optional<at::Tensor>& visi
   TORCH_CHECK(width >= 1, "pyflm.heatmap_targets: width must be >= 1, got ", width);
   checks::check_positive_finite(sigma, op, "sigma");
   int code = -1;
-  if (kind == "gaussian") code = 0;
-  else if (kind == "distribution") code = 1;
-  else if (kind == "pwc") code = 2;
+  if (kind == "gaussian") code = kGaussian;
+  else if (kind == "distribution") code = kDistribution;
+  else if (kind == "pwc") code = kPwc;
   TORCH_CHECK(code >= 0, "pyflm.heatmap_targets: kind must be one of 'gaussian', "
               "'distribution', 'pwc', got '", std::string(kind), "'");
   TORCH_CHECK(!(code == 1 && background), "pyflm.heatmap_targets: background=True is not "

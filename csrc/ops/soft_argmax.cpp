@@ -8,11 +8,10 @@
 #include <vector>
 
 #include "ops/checks.h"
+#include "ops/soft_argmax.h"
 
 namespace pyflm::ops {
 
-// Shared by the CPU and CUDA kernels (declared there): validation and the
-// output dtype rule (float64 in -> float64 out, everything else -> float32).
 at::ScalarType soft_argmax_check(const at::Tensor& heatmaps, double temperature) {
   constexpr const char* op = "soft_argmax";
   checks::check_dim(heatmaps, 4, op, "heatmaps", "[B, K, H, W]");

@@ -17,17 +17,11 @@
 #include <tuple>
 #include <type_traits>
 
+#include "ops/argmax_decode.h"
+
 namespace pyflm {
 
-// Defined in csrc/ops/argmax_decode.cpp.
-int argmax_decode_parse_refine(c10::string_view refine);
-void argmax_decode_check_input(const at::Tensor& heatmaps);
-
 namespace {
-
-constexpr int kRefineNone = 0;
-constexpr int kRefineQuarter = 1;
-constexpr int kRefineDark = 2;
 
 // Why not at::vec here: this file is compiled once for the baseline ISA, where
 // at::vec::Vectorized falls back to its generic element loops (measured ~8x

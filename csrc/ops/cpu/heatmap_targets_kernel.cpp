@@ -27,16 +27,13 @@
 #include <sys/mman.h>
 #endif
 
+#include "ops/heatmap_targets.h"
+
 namespace pyflm {
-namespace heatmap_targets_detail {
-int check_inputs(const at::Tensor& coords, const std::optional<at::Tensor>& visibility,
-                 int64_t height, int64_t width, double sigma, c10::string_view kind,
-                 bool background);
-}  // namespace heatmap_targets_detail
+using namespace heatmap_targets_detail;  // kinds and check_inputs
 
 namespace {
 
-constexpr int kGaussian = 0, kDistribution = 1, kPwc = 2;
 
 // The targets are large (64 x 68 x 64 x 64 float32 = 71 MB), freshly mmapped
 // by the allocator, and written once: on some machines first-touch page faults

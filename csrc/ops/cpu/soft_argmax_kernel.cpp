@@ -28,11 +28,7 @@
 #include <limits>
 #include <tuple>
 
-namespace pyflm::ops {
-at::ScalarType soft_argmax_check(const at::Tensor& heatmaps, double temperature);
-void soft_argmax_backward_check(const at::Tensor& grad_coords, const at::Tensor& heatmaps,
-                                const at::Tensor& coords, double temperature);
-}  // namespace pyflm::ops
+#include "ops/soft_argmax.h"
 
 // The extension is built without -mavx2 (it must load on any x86-64), so the
 // at::vec types would fall back to scalar loops. On GCC/x86-64 compile the

@@ -17,17 +17,11 @@
 #include <limits>
 #include <tuple>
 
+#include "ops/argmax_decode.h"
+
 namespace pyflm {
 
-// Defined in csrc/ops/argmax_decode.cpp.
-int argmax_decode_parse_refine(c10::string_view refine);
-void argmax_decode_check_input(const at::Tensor& heatmaps);
-
 namespace {
-
-constexpr int kRefineNone = 0;
-constexpr int kRefineQuarter = 1;
-constexpr int kRefineDark = 2;
 
 constexpr int kWarp = 32;
 constexpr int kWarpsPerBlock = 8;

@@ -21,16 +21,13 @@
 #include <optional>
 #include <tuple>
 
+#include "ops/heatmap_targets.h"
+
 namespace pyflm {
-namespace heatmap_targets_detail {
-int check_inputs(const at::Tensor& coords, const std::optional<at::Tensor>& visibility,
-                 int64_t height, int64_t width, double sigma, c10::string_view kind,
-                 bool background);
-}  // namespace heatmap_targets_detail
+using namespace heatmap_targets_detail;  // kinds and check_inputs
 
 namespace {
 
-constexpr int kGaussian = 0, kDistribution = 1, kPwc = 2;
 constexpr int kTableThreads = 128;
 constexpr int kThreads = 256;
 constexpr int64_t kMaxGridY = 65535;

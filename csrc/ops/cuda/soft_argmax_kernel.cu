@@ -20,10 +20,9 @@
 #include <limits>
 #include <tuple>
 
+#include "ops/soft_argmax.h"
+
 namespace pyflm::ops {
-at::ScalarType soft_argmax_check(const at::Tensor& heatmaps, double temperature);
-void soft_argmax_backward_check(const at::Tensor& grad_coords, const at::Tensor& heatmaps,
-                                const at::Tensor& coords, double temperature);
 
 namespace {
 
