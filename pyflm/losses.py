@@ -3,6 +3,8 @@ targets and the ``[B, K]`` validity mask (1 = supervise, 0 = ignore; as returned
 by the codecs) and returns a scalar. When nothing is valid the loss is a zero
 that is still connected to the graph (``backward`` works, gradients are 0).
 
+Half / bfloat16 outputs are promoted to float32 inside the losses.
+
 Normalisations (all "mean over valid X"):
 
 * :func:`heatmap_l2`: per-map mean squared error over the ``H * W`` pixels,
@@ -41,6 +43,11 @@ __all__ = [
 ]
 
 
+def _f(x: Tensor) -> Tensor:
+    """Losses are computed in float32 for half / bfloat16 head outputs (AMP)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _mask(mask: Tensor | None, B: int, K: int, device) -> Tensor:
     if mask is None:
         return torch.ones(B, K, device=device)
@@ -67,6 +74,7 @@ def heatmap_l2(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tens
     K = mask.shape[1] if mask is not None else C
     if C not in (K, K + 1):
         raise ValueError(f"heatmap_l2: {C} channels for a [B, {K}] mask (expected K or K + 1)")
+    pred = _f(pred)
     per_map = (pred - target.to(pred.dtype)).pow(2).flatten(2).mean(-1)  # [B, C]
     w = _mask(mask, B, K, pred.device).to(per_map.dtype)
     if C == K + 1:
@@ -83,7 +91,7 @@ def distribution_kl(logits: Tensor, target: Tensor, mask: Tensor | None = None) 
     if logits.shape != target.shape:
         raise ValueError(f"distribution_kl: logits {list(logits.shape)} and target {list(target.shape)} differ")
     B, K = logits.shape[:2]
-    logq = torch.log_softmax(logits.flatten(2), dim=-1)
+    logq = torch.log_softmax(_f(logits).flatten(2), dim=-1)
     t = target.flatten(2).to(logq.dtype)
     kl = (torch.xlogy(t, t) - torch.where(t > 0, t * logq, torch.zeros_like(logq))).sum(-1)  # [B, K]
     return _masked_mean(kl, _mask(mask, B, K, logits.device).to(kl.dtype))
@@ -103,6 +111,7 @@ def pwc_cross_entropy(logits: Tensor, target: Tensor, mask: Tensor | None = None
         raise ValueError(f"pwc_cross_entropy: logits {list(logits.shape)} and target {list(target.shape)} differ")
     B, C = logits.shape[:2]
     K = C - 1
+    logits = _f(logits)
     if mask is not None:
         valid = _mask(mask, B, K, logits.device) > 0
         keep = torch.cat([valid, valid.new_ones(B, 1)], dim=1)[..., None, None]
@@ -121,6 +130,7 @@ def _coord_check(pred: Tensor, target: Tensor, name: str) -> None:
 def coord_l2(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
     """Mean over valid landmarks of the squared Euclidean distance ``dx^2 + dy^2``."""
     _coord_check(pred, target, "coord_l2")
+    pred = _f(pred)
     d = (pred - target.to(pred.dtype)).pow(2).sum(-1)
     return _masked_mean(d, _mask(mask, *pred.shape[:2], pred.device).to(d.dtype))
 
@@ -128,6 +138,7 @@ def coord_l2(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor
 def coord_l1(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
     """Mean over valid landmarks of ``|dx| + |dy|``."""
     _coord_check(pred, target, "coord_l1")
+    pred = _f(pred)
     d = (pred - target.to(pred.dtype)).abs().sum(-1)
     return _masked_mean(d, _mask(mask, *pred.shape[:2], pred.device).to(d.dtype))
 

@@ -59,7 +59,6 @@ from pyflm.codecs.base import valid_mask
 
 __all__ = ["LandmarkTask", "build_task", "TASKS"]
 
-_DISC_BASES = ("pwc", "hybrid")
 TASKS = ("direct", "cascade", "distribution", "heatmap", "pwc", "hybrid", "dsc", "compact",
          "pwc+disc", "hybrid+disc")
 
@@ -154,6 +153,7 @@ class LandmarkTask(nn.Module):
         if self.discriminator is not None:
             fake = self.fake_shapes(outputs)
             # critic weights detached: the detector's loss leaves no gradient in the critic
+            # (its BatchNorm running statistics do see the fake batch in train mode)
             params = {n: p.detach() for n, p in self.discriminator.named_parameters()}
             adv = L.generator_loss(functional_call(self.discriminator, params, (fake,)), self.adv_weight)
             out["adv"] = adv

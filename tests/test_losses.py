@@ -133,3 +133,18 @@ def test_gradients(name):
         t[0, 1] = 0  # masked landmark: no target mass, as the codec produces
         t[0, 3] = 1 - t[0, [0, 2]].sum(0)
     assert torch.autograd.gradcheck(lambda a: fn(a, t, mask), (x,))
+
+
+def test_low_precision_outputs_are_promoted():
+    pred = torch.randn(2, 3, 4, 4)
+    t = torch.rand(2, 3, 4, 4)
+    m = torch.ones(2, 3)
+    for dt in (torch.float16, torch.bfloat16):
+        p = pred.to(dt).requires_grad_()
+        loss = L.heatmap_l2(p, t, m)
+        assert loss.dtype == torch.float32
+        torch.testing.assert_close(loss, L.heatmap_l2(p.detach().float(), t, m))
+        loss.backward()
+        assert p.grad.dtype == dt
+        assert L.pwc_cross_entropy(p, torch.softmax(t, 1), m[:, :2]).dtype == torch.float32
+        assert L.distribution_kl(p, t, m).dtype == torch.float32

@@ -64,6 +64,9 @@ def test_task_forward_loss_backward_decode(name):
     out = task(images)
     losses = task.loss(out, targets)
     assert losses["loss"].dim() == 0 and torch.isfinite(losses["loss"])
+    if name.endswith("+disc"):  # the adversarial term reaches the detector's output
+        (g,) = torch.autograd.grad(losses["adv"], out, retain_graph=True)
+        assert g.abs().sum() > 0
     task.zero_grad(set_to_none=True)
     losses["loss"].backward()
     grads = [p.grad for p in task.model.parameters() if p.grad is not None]
