@@ -55,7 +55,6 @@ from torch.func import functional_call
 
 from pyflm import losses as L
 from pyflm.codecs import DistributionCodec, GaussianHeatmapCodec, PWCCodec, RegressionCodec
-from pyflm.codecs.base import valid_mask
 
 __all__ = ["LandmarkTask", "build_task", "TASKS"]
 

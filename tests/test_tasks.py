@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-from pyflm import losses as L
 from pyflm.codecs import GaussianHeatmapCodec, PWCCodec
 from pyflm.tasks import TASKS, LandmarkTask, build_task
 
