@@ -35,7 +35,7 @@ class DirectRegression(nn.Module):
     """
 
     output_stride = None
-    outputs = "coords [B, K, 2]: (x, y) in input pixels (0-based, pixel centres at integers), raw regression"
+    outputs = "coords [B, K, 2]: (x, y) normalised to [-1, 1] (pyflm.codecs.RegressionCodec maps them to pixels)"
 
     def __init__(self, num_landmarks: int = 68, input_size: int = 224, grey: bool = True, dropout: float = 0.5):
         super().__init__()
