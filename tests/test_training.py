@@ -406,6 +406,18 @@ def test_truncated_checkpoint_clear_error(tmp_path, data_dirs):
         T.load_checkpoint(tmp_path / "other.pt")
 
 
+def test_early_stopping(tmp_path, data_dirs):
+    """lr ~ 0: the val NME never improves after the first validation, so with
+    patience 2 training stops at the third validation."""
+    tr, va = data_dirs
+    text = config_text(tr, va, steps=50, val_every=1, extra_train="patience = 2").replace("lr = 0.01", "lr = 1e-30")
+    summary = T.train(load_config(write_config(tmp_path, text)), tmp_path / "es", progress=False, device="cpu")
+    assert summary["stopped_early"] and summary["steps"] == 3 and summary["best_step"] == 1
+    ck = T.load_checkpoint(tmp_path / "es" / "last.pt")
+    assert ck["bad_validations"] == 2 and ck["step"] == 3
+    assert T.load_checkpoint(tmp_path / "es" / "best.pt")["step"] == 1
+
+
 def test_gan_schedule(tmp_path, data_dirs):
     tr, va = data_dirs
     cfg = load_config(write_config(tmp_path, config_text(tr, va, task="fake+disc", steps=3, val_every=3,

@@ -18,7 +18,7 @@ pyflm.metrics) of the inter-ocular NME.
 
 Outputs in ``--out`` (default: ``eval`` beside the first checkpoint):
 ``results.json`` (written atomically; every metric plus per-image errors with
-the image paths), ``ced_<split>.png`` (one curve per model), and a
+the image paths), ``ced_<split>.png`` (one curve per model; path characters replaced by _), and a
 paper-1 Table-2-style table on stdout (rows: splits, columns: models).
 
 Detector crops: the face detector is not part of pyflm yet, so
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -109,7 +110,7 @@ def predict_split(predict: Callable[[dict], torch.Tensor], samples: Sequence[Sam
     preds, gts = [], []
     for batch in loader:
         coords = predict(batch)
-        preds.append(crop_to_image(coords.detach().float().cpu(), batch["matrix"]).numpy())
+        preds.append(crop_to_image(coords.detach().cpu(), batch["matrix"]).numpy())
         gts.append(batch["image_landmarks"].numpy())
     return np.concatenate(preds), np.concatenate(gts)
 
@@ -165,12 +166,17 @@ def evaluate_models(models: Mapping[str, dict], splits: Mapping[str, Sequence[Sa
         for split in splits:
             curves = {label: results[label][split]["per_image"]["nme"] for label in results}
             try:
-                plot_ced(curves, out_dir / f"ced_{split}.png", title=f"CED, {split} (inter-ocular NME)")
+                plot_ced(curves, out_dir / f"ced_{_file_safe(split)}.png", title=f"CED, {split} (inter-ocular NME)")
             except ImportError as e:
                 print(f"training.evaluate: no CED plot ({e})", file=sys.stderr)
     if verbose:
         print(summary_table(results))
     return results
+
+
+def _file_safe(name: str) -> str:
+    """A split name (or a folder path given as one) as a file-name part."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "split"
 
 
 def summary_table(results: Mapping[str, Mapping[str, dict]], metric: str = "nme") -> str:

@@ -647,7 +647,8 @@ def main(argv=None) -> int:
     except (ConfigError, CheckpointError) as e:
         print(f"training.train: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(summary, indent=2))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=2))
     return 0
 
 
