@@ -77,7 +77,16 @@ class FakeTask:
 
 
 T.register_task("fake", FakeTask)
+class FakeTaskOutputsTargets(FakeTask):
+    """The other discriminator_loss signature: (outputs, targets) -> dict."""
+
+    def discriminator_loss(self, outputs, targets):
+        return {"loss": FakeTask.discriminator_loss(self, targets["coords"] * self.input_size,
+                                                    outputs * self.input_size)}
+
+
 T.register_task("fake+disc", lambda **kw: FakeTask(gan=True, **kw))
+T.register_task("fake2+disc", lambda **kw: FakeTaskOutputsTargets(gan=True, **kw))
 
 
 def make_landmarks(rng, size: int) -> np.ndarray:
@@ -418,9 +427,10 @@ def test_early_stopping(tmp_path, data_dirs):
     assert T.load_checkpoint(tmp_path / "es" / "best.pt")["step"] == 1
 
 
-def test_gan_schedule(tmp_path, data_dirs):
+@pytest.mark.parametrize("task", ["fake+disc", "fake2+disc"])
+def test_gan_schedule(tmp_path, data_dirs, task):
     tr, va = data_dirs
-    cfg = load_config(write_config(tmp_path, config_text(tr, va, task="fake+disc", steps=3, val_every=3,
+    cfg = load_config(write_config(tmp_path, config_text(tr, va, task=task, steps=3, val_every=3,
                                                          extra_optim="disc_lr = 0.001")))
     torch.manual_seed(0)
     T.train(cfg, tmp_path / "g", progress=False, device="cpu")

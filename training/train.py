@@ -108,6 +108,11 @@ def build_task(model_cfg: dict):
             from pyflm.tasks import build_task as _build
         except ImportError as e:
             raise ConfigError(f"model.task: cannot import pyflm.tasks to build {name!r} ({e})") from None
+        import pyflm.tasks
+
+        known = getattr(pyflm.tasks, "TASKS", None)
+        if known is not None and name not in known:
+            raise ConfigError(f"model.task: unknown task {name!r}; valid names: {', '.join(known)}")
         builder = lambda: _build(name, num_landmarks=model_cfg["num_landmarks"], **kw)  # noqa: E731
     try:
         task = builder()
@@ -128,6 +133,23 @@ def build_task(model_cfg: dict):
 
 def _is_gan(task) -> bool:
     return getattr(task, "discriminator", None) is not None and hasattr(task, "discriminator_loss")
+
+
+def _discriminator_loss(task, outputs, targets, real_coords, fake_coords) -> torch.Tensor:
+    """The critic's loss, whichever of the two task signatures is implemented:
+    ``discriminator_loss(real_coords, fake_coords)`` (crop px) or
+    ``discriminator_loss(outputs, targets)``; a dict result gives its "loss"."""
+    import inspect
+
+    try:
+        names = list(inspect.signature(task.discriminator_loss).parameters)
+    except (TypeError, ValueError):
+        names = []
+    if names[:2] == ["outputs", "targets"]:
+        res = task.discriminator_loss(outputs, targets)
+    else:
+        res = task.discriminator_loss(real_coords, fake_coords)
+    return res["loss"] if isinstance(res, dict) else res
 
 
 # ---------------------------------------------------------------------------
@@ -460,6 +482,8 @@ def train(cfg: dict, out_dir, resume: bool = False, max_steps: int | None = None
     channels_last = use_gpu_tricks and t_cfg["channels_last"]
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_gpu_tricks and t_cfg["bf16"] else None
 
+    if isinstance(task, nn.Module):
+        task.to(dev)  # a task module may hold buffers besides model / discriminator
     model = task.model.to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -529,7 +553,7 @@ def train(cfg: dict, out_dir, resume: bool = False, max_steps: int | None = None
         if o_cfg["grad_clip"]:
             nn.utils.clip_grad_norm_(model.parameters(), o_cfg["grad_clip"])
         opt.step()
-        return {"outputs": outputs, "coords": coords,
+        return {"outputs": outputs, "coords": coords, "targets": targets,
                 "losses": {k: float(v.detach()) for k, v in losses.items() if torch.is_tensor(v) and v.numel() == 1}}
 
     max_steps = t_cfg["max_steps"]
@@ -555,7 +579,7 @@ def train(cfg: dict, out_dir, resume: bool = False, max_steps: int | None = None
             if gan:
                 real = r["coords"]
                 fake = task.decode(_tree_detach(r["outputs"]))[0].float().detach()
-                d_loss = task.discriminator_loss(real, fake)
+                d_loss = _discriminator_loss(task, _tree_detach(r["outputs"]), r["targets"], real, fake)
                 disc_opt.zero_grad(set_to_none=True)
                 d_loss.backward()
                 dd.average_grads(disc.parameters())
