@@ -103,7 +103,8 @@ def test_cli_from_checkpoint(tmp_path, split, capsys):
     assert T.main(["--config", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     ck = tmp_path / "run" / "best.pt"
     capsys.readouterr()
-    rc = E.main(["--checkpoint", str(ck), "--splits", str(folder), "--out", str(tmp_path / "ev"), "--device", "cpu"])
+    rc = E.main(["--checkpoint", str(ck), "--splits", str(folder), "--out", str(tmp_path / "ev"), "--device", "cpu",
+                 "--workers", "0"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "| Split | run (%) |" in out

@@ -133,7 +133,7 @@ def task_predictor(task, device) -> Callable[[dict], torch.Tensor]:
 
 def evaluate_models(models: Mapping[str, dict], splits: Mapping[str, Sequence[Sample]], out_dir=None,
                     crops="gt", boxes_rule: BoxToSquare | None = None, batch_size: int = 16,
-                    verbose: bool = True) -> dict:
+                    verbose: bool = True, num_workers: int = 0) -> dict:
     """Evaluate several models on several splits.
 
     ``models``: {label: {"predict": callable(batch) -> crop px [B, K, 2],
@@ -148,7 +148,7 @@ def evaluate_models(models: Mapping[str, dict], splits: Mapping[str, Sequence[Sa
         for split, samples in splits.items():
             pred, gt = predict_split(spec["predict"], samples, spec["input_size"], spec.get("crop_scale", 1.3),
                                      spec.get("crop_center", "centroid"), spec.get("mean", IMAGENET_MEAN),
-                                     spec.get("std", IMAGENET_STD), batch_size, crop_fn)
+                                     spec.get("std", IMAGENET_STD), batch_size, crop_fn, num_workers)
             m = compute_metrics(pred, gt, samples[0].scheme)
             m["images"] = [str(s.image_path) for s in samples]
             results[label][split] = m
@@ -209,6 +209,7 @@ def main(argv=None) -> int:
     p.add_argument("--root", default=None, help="data root (default PYFLM_DATA or ../shared/data)")
     p.add_argument("--device", default=None)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers (0 = load in this process)")
     args = p.parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -230,7 +231,8 @@ def main(argv=None) -> int:
             models[label] = {"predict": task_predictor(task, device), "input_size": int(task.input_size),
                              "crop_scale": d["crop_scale"], "crop_center": d["crop_center"], "mean": mean, "std": std}
         out = Path(args.out) if args.out else Path(args.checkpoint[0]).parent / "eval"
-        evaluate_models(models, splits, out, crops=crops, boxes_rule=rule, batch_size=args.batch_size)
+        evaluate_models(models, splits, out, crops=crops, boxes_rule=rule, batch_size=args.batch_size,
+                        num_workers=args.workers)
         print(f"\nwrote {out / 'results.json'} and CED plots to {out}")
     except NotImplementedError as e:
         print(f"training.evaluate: {e}", file=sys.stderr)
