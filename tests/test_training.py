@@ -85,6 +85,13 @@ class FakeTaskOutputsTargets(FakeTask):
                                                     outputs * self.input_size)}
 
 
+class NanTask(FakeTask):
+    def loss(self, outputs, targets):
+        out = super().loss(outputs, targets)
+        return {"loss": out["loss"] * float("nan")}
+
+
+T.register_task("fake-nan", NanTask)
 T.register_task("fake+disc", lambda **kw: FakeTask(gan=True, **kw))
 T.register_task("fake2+disc", lambda **kw: FakeTaskOutputsTargets(gan=True, **kw))
 
@@ -357,11 +364,14 @@ def test_training_lowers_loss(tmp_path, data_dirs):
     assert not list(out.glob("*.tmp"))
 
 
-def test_resume_continues_exactly(tmp_path, data_dirs):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_continues_exactly(tmp_path, data_dirs, workers):
     """Stop after 4 steps, resume to 8: steps 5..8 (losses, lr, val NME) and
-    the final weights equal those of an uninterrupted 8-step run."""
+    the final weights equal those of an uninterrupted 8-step run (also with
+    2 persistent workers: augmentation draws depend on (seed, epoch, index) only)."""
     tr, va = data_dirs
-    cfg = write_config(tmp_path, config_text(tr, va, steps=8, val_every=4, augment="paper2"))
+    cfg = write_config(tmp_path, config_text(tr, va, steps=8, val_every=4, augment="paper2")
+                       .replace("num_workers = 0", f"num_workers = {workers}"))
     a, b = tmp_path / "a", tmp_path / "b"
     args = ["--config", str(cfg), "--device", "cpu", "--no-progress"]
     assert T.main(args + ["--out", str(a)]) == 0
@@ -440,6 +450,13 @@ def test_gan_schedule(tmp_path, data_dirs, task):
     assert ck["optimizer"]["state"][0]["step"] == 6
     rows = read_log(tmp_path / "g" / "log.csv")
     assert all(math.isfinite(float(r["d_loss"])) for r in rows)
+
+
+def test_non_finite_loss_stops(tmp_path, data_dirs):
+    tr, va = data_dirs
+    cfg = load_config(write_config(tmp_path, config_text(tr, va, task="fake-nan", steps=5, val_every=5)))
+    with pytest.raises(FloatingPointError, match="step 1: non-finite"):
+        T.train(cfg, tmp_path / "nan", progress=False, device="cpu")
 
 
 def test_crop_to_image_inverse():

@@ -479,7 +479,7 @@ def train(cfg: dict, out_dir, resume: bool = False, max_steps: int | None = None
 
     dd = _Dist(device)
     dev = dd.device
-    if dd.enabled and dev.type == "cuda":
+    if dd.enabled:  # DDP broadcasts rank 0's weights; dropout etc. should differ per rank
         _seed_everything(t_cfg["seed"] + dd.rank)
     use_gpu_tricks = dev.type == "cuda"
     channels_last = use_gpu_tricks and t_cfg["channels_last"]
@@ -549,20 +549,19 @@ def train(cfg: dict, out_dir, resume: bool = False, max_steps: int | None = None
         outputs = _to_float(outputs)
         losses = task.loss(outputs, targets)
         loss = losses["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"step {step + 1}: non-finite loss {loss.item()}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if o_cfg["grad_clip"]:
             nn.utils.clip_grad_norm_(model.parameters(), o_cfg["grad_clip"])
         opt.step()
         return {"outputs": outputs, "coords": coords, "targets": targets,
-                "losses": {k: float(v.detach()) for k, v in losses.items() if torch.is_tensor(v) and v.numel() == 1}}
+                # kept on the device: no host sync per step, read at log time
+                "losses": {k: v.detach().float() for k, v in losses.items() if torch.is_tensor(v) and v.numel() == 1}}
 
     max_steps = t_cfg["max_steps"]
     rng_all = None
     t0 = time.perf_counter()
-    sums: dict[str, float] = {}
+    sums: dict[str, torch.Tensor] = {}
     n_sum = 0
     stopped_early = False
     val_nme = None
@@ -590,26 +589,31 @@ def train(cfg: dict, out_dir, resume: bool = False, max_steps: int | None = None
                 r2 = detector_update(next(it))
                 consumed += bs
                 losses = {k: (v + r2["losses"].get(k, v)) / 2 for k, v in losses.items()}
-                losses["d_loss"] = float(d_loss.detach())
+                losses["d_loss"] = d_loss.detach().float()
             sched.step()
             step += 1
             for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + v
+                sums[k] = sums[k] + v if k in sums else v
             n_sum += 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{losses['loss']:.4g}", refresh=False)
 
             is_val = step % t_cfg["val_every"] == 0 or step == max_steps
+            if step % t_cfg["log_every"] == 0 or is_val:
+                means = {k: float(v) / n_sum for k, v in sums.items()}
+                sums, n_sum = {}, 0
+                if not math.isfinite(means["loss"]):
+                    raise FloatingPointError(f"step {step}: non-finite training loss ({means})")
+                if bar is not None:
+                    bar.set_postfix(loss=f"{means['loss']:.4g}", refresh=False)
             if dd.main and (step % t_cfg["log_every"] == 0 or is_val):
                 val_nme = None
                 if is_val:
                     val_nme = validate(task, model, val_loader, dev, autocast, channels_last)
                 row = {"step": step, "time_s": f"{time.perf_counter() - t0:.3f}", "lr": f"{sched.get_last_lr()[0]:.6g}",
-                       **{k: f"{v / n_sum:.6g}" for k, v in sums.items()},
+                       **{k: f"{v:.6g}" for k, v in means.items()},
                        "val_nme": "" if val_nme is None else f"{val_nme:.6g}"}
                 log.write(row)
-                sums, n_sum = {}, 0
                 if is_val and bar is not None:
                     bar.write(f"step {step}: val NME {val_nme * 100:.3f}% (best {min(best, val_nme) * 100:.3f}%)")
             if is_val:
