@@ -1,0 +1,120 @@
+"""training.evaluate on a tiny synthetic split: metrics equal hand-computed
+values for a fake model predicting GT + a known offset; JSON / PNG written;
+the CLI runs from a checkpoint of the fake task."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pyflm.data import load_folder, square_from_landmarks
+from training import evaluate as E
+from training import train as T
+from training.config import load_config
+
+from test_training import config_text, write_config, write_dataset  # noqa: F401  (registers the fake task)
+
+S = 32
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("evalfaces") / "test"
+    write_dataset(folder, 5, size=60, seed=7)
+    return folder, load_folder(folder)
+
+
+def test_metrics_match_hand_computed(tmp_path, split):
+    folder, samples = split
+    offset = torch.tensor([1.5, -2.0], dtype=torch.float64)  # crop px
+
+    def predict(batch):  # a "model" that predicts the ground truth + offset
+        return batch["landmarks"] + offset
+
+    res = E.evaluate_models({"gt+offset": {"predict": predict, "input_size": S}}, {"tiny": samples}, tmp_path / "ev",
+                            verbose=False)
+    m = res["gt+offset"]["tiny"]
+    # by hand: a crop px is side / S image px, every point moves by the same vector
+    want, want_box = [], []
+    for s in samples:
+        _, _, side = square_from_landmarks(s.landmarks)
+        err = float(np.hypot(*(offset.numpy() * side / S)))
+        want.append(err / np.linalg.norm(s.landmarks[36] - s.landmarks[45]))
+        wh = s.landmarks.max(0) - s.landmarks.min(0)
+        want_box.append(err / np.sqrt(wh[0] * wh[1]))
+    np.testing.assert_allclose(m["per_image"]["nme"], want, rtol=1e-9)
+    assert m["nme"] == pytest.approx(np.mean(want), rel=1e-9)
+    assert m["eye_nme"] == pytest.approx(np.mean(want), rel=1e-9)  # same shift on the eye points
+    assert m["nme_box"] == pytest.approx(np.mean(want_box), rel=1e-9)
+    assert m["fr@0.1"] == pytest.approx(np.mean(np.asarray(want) > 0.1))
+    assert m["auc@0.08"] == pytest.approx(np.mean(np.clip(1 - np.asarray(want) / 0.08, 0, 1)))
+    assert m["n"] == 5
+    # a perfect model scores 0
+    res0 = E.evaluate_models({"gt": {"predict": lambda b: b["landmarks"], "input_size": S}}, {"tiny": samples},
+                             verbose=False)
+    assert res0["gt"]["tiny"]["nme"] < 1e-12 and res0["gt"]["tiny"]["auc@0.1"] == pytest.approx(1.0)
+    # files
+    data = json.loads((tmp_path / "ev" / "results.json").read_text())
+    per = data["gt+offset"]["tiny"]["per_image"]
+    assert [p["image"] for p in per] == [str(s.image_path) for s in samples]
+    np.testing.assert_allclose([p["nme"] for p in per], want, rtol=1e-9)
+    png = tmp_path / "ev" / "ced_tiny.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list((tmp_path / "ev").glob("*.tmp"))
+
+
+def test_table_rows_splits_columns_models(split, capsys):
+    _, samples = split
+    models = {name: {"predict": (lambda o: lambda b: b["landmarks"] + o)(off), "input_size": S}
+              for name, off in (("a", 0.5), ("b", 1.0))}
+    res = E.evaluate_models(models, {"s1": samples[:2], "s2": samples[2:]}, verbose=True)
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "| Split | a (%) | b (%) |" in lines
+    row = next(line for line in lines if line.startswith("| s1 |"))
+    assert f"{res['a']['s1']['nme'] * 100:.2f}" in row and f"{res['b']['s1']['nme'] * 100:.2f}" in row
+    assert res["b"]["s1"]["nme"] == pytest.approx(2 * res["a"]["s1"]["nme"])
+
+
+def test_detector_crops(tmp_path, split):
+    folder, samples = split
+    with pytest.raises(NotImplementedError, match="no face detector"):
+        E.evaluate_models({"m": {"predict": lambda b: b["landmarks"], "input_size": S}}, {"t": samples},
+                          crops="detector", verbose=False)
+    # boxes from the landmarks' bounding box: predictions of GT still map back exactly
+    boxes = {s.image_path.name: [*s.landmarks.min(0), *s.landmarks.max(0)] for s in samples}
+    boxes["__rule__"] = {"scale": 1.4}
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    lookup, rule = E.load_boxes(tmp_path / "boxes.json")
+    res = E.evaluate_models({"m": {"predict": lambda b: b["landmarks"], "input_size": S}}, {"t": samples},
+                            crops=lookup, boxes_rule=rule, verbose=False)
+    assert res["m"]["t"]["nme"] < 1e-12
+
+
+def test_cli_from_checkpoint(tmp_path, split, capsys):
+    folder, samples = split
+    train_dir = tmp_path / "train"
+    write_dataset(train_dir, 6, seed=3)
+    cfg = write_config(tmp_path, config_text(train_dir, folder, steps=2, val_every=2))
+    assert T.main(["--config", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    ck = tmp_path / "run" / "best.pt"
+    capsys.readouterr()
+    rc = E.main(["--checkpoint", str(ck), "--splits", str(folder), "--out", str(tmp_path / "ev"), "--device", "cpu",
+                 "--workers", "0"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "| Split | run (%) |" in out
+    data = json.loads((tmp_path / "ev" / "results.json").read_text())
+    m = data["run"][str(folder)]
+    assert len(m["per_image"]) == 5 and np.isfinite(m["nme"])
+    # the CLI's NME equals the training run's validation NME (same crops, same model)
+    assert m["nme"] == pytest.approx(T.load_checkpoint(ck)["best_metric"], rel=1e-6)
+    assert (tmp_path / "ev" / f"ced_{E._file_safe(str(folder))}.png").is_file()
+    assert E.main(["--checkpoint", str(ck), "--splits", str(folder), "--crops", "detector"]) == 3
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(ck.read_bytes()[:100])
+    assert E.main(["--checkpoint", str(bad), "--splits", str(folder)]) == 2

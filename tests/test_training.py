@@ -1,0 +1,468 @@
+"""training/: config validation, dataset, sampler, CPU training, resume, checkpoints.
+
+Uses a tiny fake task (small conv net regressing normalised coordinates with an
+MSE loss) registered as "fake" / "fake+disc", and a synthetic dataset of small
+images + .pts files written into tmp_path, so nothing here depends on
+pyflm.tasks or on the real data."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pyflm.data import invert_affine, load_folder, square_from_landmarks, transform_points, write_pts
+from training import train as T
+from training.config import ConfigError, load_config, validate_config
+from training.dataset import LandmarkDataset, ResumableSampler, holdout_split, load_image
+
+K = 68
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "training" / "configs"
+
+
+# ---------------------------------------------------------------------------
+# fake task and synthetic data
+# ---------------------------------------------------------------------------
+
+
+class FakeNet(nn.Module):
+    def __init__(self, k: int, hidden: int = 8):
+        super().__init__()
+        self.k = k
+        self.conv = nn.Conv2d(3, hidden, 3, stride=2, padding=1)
+        self.drop = nn.Dropout(0.2)  # consumes the torch RNG: resume must restore it
+        self.fc = nn.Linear(hidden * 16, 2 * k)
+
+    def forward(self, x):
+        h = F.adaptive_avg_pool2d(F.relu(self.conv(x)), 4).flatten(1)
+        return self.fc(self.drop(h)).view(-1, self.k, 2)
+
+
+class FakeTask:
+    """The LandmarkTask interface: outputs are coordinates / input_size."""
+
+    def __init__(self, num_landmarks: int = K, input_size: int = 32, hidden: int = 8, gan: bool = False):
+        self.input_size = input_size
+        self.model = FakeNet(num_landmarks, hidden)
+        self.codec = None
+        if gan:
+            self.discriminator = nn.Linear(2 * num_landmarks, 1)
+
+    def encode(self, coords, visibility):
+        return {"coords": coords / self.input_size, "visibility": visibility}
+
+    def loss(self, outputs, targets):
+        mse = (((outputs - targets["coords"]) ** 2).sum(-1) * targets["visibility"]).mean()
+        out = {"loss": mse, "mse": mse.detach()}
+        if getattr(self, "discriminator", None) is not None:
+            adv = F.softplus(-self.discriminator(outputs.flatten(1))).mean()
+            out["adv"] = adv.detach()
+            out["loss"] = mse + 1e-3 * adv
+        return out
+
+    def decode(self, outputs):
+        return outputs * self.input_size, torch.ones(outputs.shape[:2])
+
+    def discriminator_loss(self, real_coords, fake_coords):
+        r = self.discriminator((real_coords / self.input_size).flatten(1))
+        f = self.discriminator((fake_coords / self.input_size).flatten(1))
+        return F.softplus(-r).mean() + F.softplus(f).mean()
+
+
+T.register_task("fake", FakeTask)
+class FakeTaskOutputsTargets(FakeTask):
+    """The other discriminator_loss signature: (outputs, targets) -> dict."""
+
+    def discriminator_loss(self, outputs, targets):
+        return {"loss": FakeTask.discriminator_loss(self, targets["coords"] * self.input_size,
+                                                    outputs * self.input_size)}
+
+
+class NanTask(FakeTask):
+    def loss(self, outputs, targets):
+        out = super().loss(outputs, targets)
+        return {"loss": out["loss"] * float("nan")}
+
+
+T.register_task("fake-nan", NanTask)
+T.register_task("fake+disc", lambda **kw: FakeTask(gan=True, **kw))
+T.register_task("fake2+disc", lambda **kw: FakeTaskOutputsTargets(gan=True, **kw))
+
+
+def make_landmarks(rng, size: int) -> np.ndarray:
+    """68 points inside a face-like box of a ``size`` image, eye corners apart."""
+    pts = rng.uniform(0.3 * size, 0.7 * size, (K, 2))
+    pts[36] = (0.3 * size + rng.uniform(-1, 1), 0.4 * size)
+    pts[45] = (0.7 * size + rng.uniform(-1, 1), 0.4 * size)
+    return pts
+
+
+def write_dataset(folder: Path, n: int, size: int = 48, seed: int = 0) -> list[np.ndarray]:
+    """n images (dots at the landmarks on noise) + 1-based .pts files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        pts = make_landmarks(rng, size)
+        img = rng.integers(0, 60, (size + i % 3, size, 3), dtype=np.uint8)
+        for x, y in pts:
+            cv2.circle(img, (int(round(x)), int(round(y))), 1, (255, 200, 100), -1)
+        cv2.imwrite(str(folder / f"img{i:03d}.png"), img)
+        write_pts(folder / f"img{i:03d}.pts", pts)
+        out.append(pts)
+    return out
+
+
+def config_text(train_dir, val_dir, task="fake", steps=20, val_every=10, extra_train="", extra_optim="",
+                augment="none", extra_model=""):
+    return f"""
+[model]
+task = "{task}"
+input_size = 32
+{extra_model}
+
+[data]
+train = "{train_dir}"
+val = "{val_dir}"
+augment = "{augment}"
+
+[optim]
+name = "adam"
+lr = 0.01
+lr_milestones = [15]
+{extra_optim}
+
+[train]
+batch_size = 4
+max_steps = {steps}
+val_every = {val_every}
+log_every = 1
+seed = 3
+num_workers = 0
+{extra_train}
+"""
+
+
+@pytest.fixture(scope="module")
+def data_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faces")
+    write_dataset(root / "train", 10, seed=1)
+    write_dataset(root / "val", 4, seed=2)
+    return root / "train", root / "val"
+
+
+def write_config(tmp_path, text, name="cfg.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def read_log(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ---------------------------------------------------------------------------
+# config validation
+# ---------------------------------------------------------------------------
+
+BASE = {"model": {"task": "fake"}, "data": {}, "optim": {}, "train": {}}
+
+
+@pytest.mark.parametrize("section,key,value,match", [
+    ("train", "batch_size", "8", r"train\.batch_size: expected int"),
+    ("train", "batch_size", 0, r"train\.batch_size: must be > 0"),
+    ("train", "bf16", 1, r"train\.bf16: expected bool"),
+    ("train", "max_steps", True, r"train\.max_steps: expected int"),
+    ("train", "bogus", 1, r"train\.bogus: unknown key"),
+    ("optim", "name", "sgd", r"optim\.name: must be one of"),
+    ("optim", "lr", "1e-3", r"optim\.lr: expected number"),
+    ("optim", "lr_milestones", [5, 3], r"optim\.lr_milestones"),
+    ("optim", "betas", [0.9], r"optim\.betas"),
+    ("optim", "momentum", 0.9, r"optim\.momentum: not used by adam"),
+    ("data", "augment", "paper3", r"data\.augment: must be one of"),
+    ("data", "crop_scale", -1.0, r"data\.crop_scale: must be > 0"),
+    ("data", "train", 5, r"data\.train: must be a split name"),
+    ("model", "num_landmarks", "68", r"model\.num_landmarks: expected int"),
+])
+def test_config_errors_name_the_key(section, key, value, match):
+    raw = {s: dict(v) for s, v in BASE.items()}
+    raw[section][key] = value
+    with pytest.raises(ConfigError, match=match):
+        validate_config(raw)
+
+
+def test_config_structure_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"model\.task: missing"):
+        validate_config({"model": {"input_size": 3}})
+    with pytest.raises(ConfigError, match=r"model: missing"):
+        validate_config({"train": {}})
+    with pytest.raises(ConfigError, match=r"trian: unknown section"):
+        validate_config({"model": {"task": "fake"}, "trian": {}})
+    with pytest.raises(ConfigError, match=r"invalid TOML"):
+        load_config(write_config(tmp_path, "[model\ntask="))
+    with pytest.raises(ConfigError, match=r"model\.when: unsupported value type"):
+        load_config(write_config(tmp_path, "[model]\ntask='fake'\nwhen=1979-05-27\n"))
+    cfg = validate_config({"model": {"task": "fake", "input_size": 32}})
+    assert cfg["train"]["patience"] == 10 and cfg["optim"]["lr"] == 1e-4 and cfg["model"]["input_size"] == 32
+
+
+def test_config_errors_before_training(tmp_path, data_dirs):
+    """Unknown task, bad task keyword and missing data fail in train() before
+    any output is written, naming the key."""
+    tr, va = data_dirs
+    out = tmp_path / "run"
+    bad_task = validate_config({"model": {"task": "no-such-task"}})
+    with pytest.raises(ConfigError, match=r"model\.task"):
+        T.train(bad_task, out, progress=False)
+    bad_kw = validate_config({"model": {"task": "fake", "bogus_width": 3}})
+    with pytest.raises(ConfigError, match=r"model\.bogus_width"):
+        T.train(bad_kw, out, progress=False)
+    missing = validate_config({"model": {"task": "fake", "input_size": 32},
+                               "data": {"train": str(tmp_path / "nowhere"), "val": str(va)}})
+    with pytest.raises(ConfigError, match=r"data\.train"):
+        T.train(missing, out, progress=False)
+    missing_val = validate_config({"model": {"task": "fake", "input_size": 32},
+                                   "data": {"train": str(tr), "val": "no-such-split"}})
+    with pytest.raises(ConfigError, match=r"data\.val"):
+        T.train(missing_val, out, progress=False)
+    assert not out.exists()
+    # the CLI turns it into exit code 2 with the key in the message
+    cfg = write_config(tmp_path, config_text(tr, va, extra_train="batch_size = 'x'").replace("batch_size = 4\n", ""))
+    assert T.main(["--config", str(cfg), "--out", str(out), "--no-progress"]) == 2
+
+
+def test_shipped_configs_validate():
+    files = sorted(CONFIG_DIR.glob("*.toml"))
+    names = {p.stem for p in files}
+    assert {"hybrid", "pwc", "pwc_disc", "hybrid_disc", "heatmap", "distribution", "direct", "cascade", "dsc",
+            "compact"} <= names
+    for p in files:
+        cfg = load_config(p)
+        assert cfg["data"]["val"] == "holdout", p  # never select models on the reported test sets
+    dsc = load_config(CONFIG_DIR / "dsc.toml")
+    assert dsc["optim"]["name"] == "rmsprop" and dsc["optim"]["momentum"] == 0.9
+    assert dsc["optim"]["weight_decay"] == 1e-4 and dsc["data"]["augment"] == "paper2"
+    assert dsc["model"]["input_size"] == 256
+    assert load_config(CONFIG_DIR / "compact.toml")["model"]["input_size"] == 160
+    assert load_config(CONFIG_DIR / "hybrid.toml")["model"]["input_size"] == 224
+
+
+# ---------------------------------------------------------------------------
+# dataset and sampler
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("augment", ["none", "paper1", "paper2"])
+def test_dataset_items_map_back_exactly(data_dirs, augment):
+    from training.dataset import AUGMENT_PRESETS
+
+    samples = load_folder(data_dirs[0])
+    ds = LandmarkDataset(samples, 32, AUGMENT_PRESETS[augment], seed=5)
+    for i in (0, 3):
+        item = ds[(i, 2)]
+        assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
+        assert item["landmarks"].shape == (K, 2) and item["landmarks"].dtype == torch.float64
+        assert item["visibility"].shape == (K,) and item["matrix"].shape == (2, 3)
+        pts = item["landmarks"].numpy()
+        if augment != "none" and not np.allclose(transform_points(item["matrix"].numpy(), samples[i].landmarks), pts):
+            # flipped: the matrix maps point j to crop point mirror^-1(j)
+            from pyflm.data import get_scheme
+
+            pts = pts[get_scheme("68").mirror_array]
+        back = transform_points(invert_affine(item["matrix"].numpy()), pts)
+        np.testing.assert_allclose(back, samples[i].landmarks, atol=1e-9)
+        np.testing.assert_array_equal(item["image_landmarks"].numpy(), samples[i].landmarks)
+        # the same (index, epoch) gives the same crop; another epoch another one
+        again = ds[(i, 2)]
+        assert torch.equal(again["image"], item["image"])
+        if augment != "none":
+            assert not torch.equal(ds[(i, 3)]["landmarks"], item["landmarks"])
+    # plain crop: the paper's ground-truth square, landmarks centred
+    if augment == "none":
+        cx, cy, side = square_from_landmarks(samples[0].landmarks)
+        m = ds[0]["matrix"].numpy()
+        np.testing.assert_allclose(m[0, 0], 32 / side)
+        np.testing.assert_allclose(ds[0]["landmarks"].numpy().mean(0), (15.5, 15.5), atol=1e-9)
+        # normalised with the ImageNet statistics: a black pixel is -mean/std
+        assert ds[0]["image"].min() < -1.5
+
+
+def test_dataset_bad_images(tmp_path, data_dirs):
+    samples = load_folder(data_dirs[0])[:2]
+    with pytest.raises(FileNotFoundError, match="nothere.png"):
+        load_image(tmp_path / "nothere.png")
+    bad = tmp_path / "corrupt.png"
+    bad.write_bytes(b"\x89PNG not really")
+    with pytest.raises(ValueError, match="corrupt.png"):
+        load_image(bad)
+    samples[1].image_path = bad
+    ds = LandmarkDataset(samples, 32)
+    with pytest.raises(ValueError, match="corrupt.png"):
+        ds[1]
+
+
+def test_sampler_resume_and_shards():
+    full = ResumableSampler(7, seed=1)
+    it = iter(full)
+    stream = [next(it) for _ in range(30)]
+    assert sorted(i for i, e in stream[:7]) == list(range(7)) and {e for _, e in stream[:7]} == {0}
+    for start in (0, 3, 7, 12):
+        it = iter(ResumableSampler(7, seed=1, start=start))
+        assert [next(it) for _ in range(10)] == stream[start:start + 10]
+    shards = [ResumableSampler(7, seed=1, rank=r, num_replicas=2) for r in range(2)]
+    got = [[x for x, _ in zip(iter(s), range(4))] for s in shards]
+    padded = [i for i, _ in stream[:7]] + [stream[0][0]]  # padded by wrapping, like DistributedSampler
+    assert [i for i, _ in got[0]] == padded[0::2] and [i for i, _ in got[1]] == padded[1::2]
+    assert [x for x, _ in zip(iter(ResumableSampler(7, seed=1, rank=1, num_replicas=2, start=2)), range(2))] == got[1][2:]
+
+
+def test_holdout_split_groups_photos():
+    from pyflm.data import Sample
+
+    pts = make_landmarks(np.random.default_rng(0), 48)
+    samples = [Sample(f"/x/{i // 2}_{i % 2 + 1}.jpg", pts, dataset="afw") for i in range(20)]
+    samples += [Sample(f"/y/h{i}.jpg", pts, dataset="helen") for i in range(20)]
+    tr, va = holdout_split(samples, 0.25, seed=4)
+    assert len(tr) + len(va) == 40 and 9 <= len(va) <= 12
+    photos = lambda ss: {s.image_path.stem.split("_")[0] for s in ss if s.dataset == "afw"}  # noqa: E731
+    assert not photos(tr) & photos(va)
+    assert holdout_split(samples, 0.25, seed=4)[1] == va
+
+
+# ---------------------------------------------------------------------------
+# training, resume, checkpoints
+# ---------------------------------------------------------------------------
+
+
+def test_training_lowers_loss(tmp_path, data_dirs):
+    tr, va = data_dirs
+    cfg = write_config(tmp_path, config_text(tr, va, steps=30, val_every=15, augment="paper1"))
+    out = tmp_path / "run"
+    assert T.main(["--config", str(cfg), "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    rows = read_log(out / "log.csv")
+    assert [int(r["step"]) for r in rows] == list(range(1, 31))
+    first = np.mean([float(r["loss"]) for r in rows[:3]])
+    last = np.mean([float(r["loss"]) for r in rows[-3:]])
+    assert last < 0.5 * first, (first, last)
+    vals = [float(r["val_nme"]) for r in rows if r["val_nme"]]
+    assert len(vals) == 2 and all(math.isfinite(v) and v > 0 for v in vals)
+    assert float(rows[-1]["lr"]) == pytest.approx(1e-3)  # milestone 15, gamma 0.1
+    assert {"mse", "time_s"} <= set(rows[0])
+    for name in ("last.pt", "best.pt"):
+        ck = torch.load(out / name, weights_only=True)
+        assert ck["config"]["model"]["task"] == "fake"
+        assert {"torch", "numpy", "python", "cuda"} <= set(ck["rng"][0])
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 30
+    assert not list(out.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_continues_exactly(tmp_path, data_dirs, workers):
+    """Stop after 4 steps, resume to 8: steps 5..8 (losses, lr, val NME) and
+    the final weights equal those of an uninterrupted 8-step run (also with
+    2 persistent workers: augmentation draws depend on (seed, epoch, index) only)."""
+    tr, va = data_dirs
+    cfg = write_config(tmp_path, config_text(tr, va, steps=8, val_every=4, augment="paper2")
+                       .replace("num_workers = 0", f"num_workers = {workers}"))
+    a, b = tmp_path / "a", tmp_path / "b"
+    args = ["--config", str(cfg), "--device", "cpu", "--no-progress"]
+    assert T.main(args + ["--out", str(a)]) == 0
+    assert T.main(args + ["--out", str(b), "--max-steps", "4"]) == 0
+    assert torch.load(b / "last.pt", weights_only=True)["step"] == 4
+    # a crash after the checkpoint leaves extra log rows; resume drops them
+    with (b / "log.csv").open("a") as f:
+        f.write("5,0,0,123,123,\n")
+    assert T.main(args + ["--out", str(b), "--resume"]) == 0
+    ra, rb = read_log(a / "log.csv"), read_log(b / "log.csv")
+    assert [r["step"] for r in rb] == [str(s) for s in range(1, 9)]
+    for x, y in zip(ra, rb):
+        assert (x["loss"], x["mse"], x["lr"], x["val_nme"]) == (y["loss"], y["mse"], y["lr"], y["val_nme"]), x["step"]
+    ca, cb = (torch.load(p / "last.pt", weights_only=True) for p in (a, b))
+    for k in ca["model"]:
+        assert torch.equal(ca["model"][k], cb["model"][k]), k
+    assert ca["consumed"] == cb["consumed"] == 8 * 4
+    assert torch.equal(ca["rng"][0]["torch"], cb["rng"][0]["torch"])
+
+
+def test_resume_sanity_check_is_not_vacuous(tmp_path, data_dirs):
+    """A resume that restarted the data stream (consumed = 0) would diverge:
+    the test above can fail."""
+    tr, va = data_dirs
+    cfg = load_config(write_config(tmp_path, config_text(tr, va, steps=2, val_every=1)))
+    T.train(cfg, tmp_path / "a", progress=False, device="cpu")
+    ck = T.load_checkpoint(tmp_path / "a" / "last.pt")
+    ck["consumed"] = 0
+    T.save_checkpoint(tmp_path / "a" / "last.pt", {k: v for k, v in ck.items() if k not in ("format", "version")})
+    T.train(cfg, tmp_path / "a", resume=True, max_steps=3, progress=False, device="cpu")
+    T.train(cfg, tmp_path / "c", max_steps=3, progress=False, device="cpu")
+    la, lc = read_log(tmp_path / "a" / "log.csv"), read_log(tmp_path / "c" / "log.csv")
+    assert la[2]["loss"] != lc[2]["loss"]
+
+
+def test_truncated_checkpoint_clear_error(tmp_path, data_dirs):
+    tr, va = data_dirs
+    cfg = write_config(tmp_path, config_text(tr, va, steps=2, val_every=2))
+    out = tmp_path / "run"
+    assert T.main(["--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    p = out / "last.pt"
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(T.CheckpointError, match=r"last\.pt.*truncated or corrupt"):
+        T.load_checkpoint(p)
+    assert T.main(["--config", str(cfg), "--out", str(out), "--resume", "--no-progress"]) == 2
+    with pytest.raises(T.CheckpointError, match="not found"):
+        T.load_checkpoint(tmp_path / "missing.pt")
+    torch.save({"a": 1}, tmp_path / "other.pt")
+    with pytest.raises(T.CheckpointError, match="not a pyflm training checkpoint"):
+        T.load_checkpoint(tmp_path / "other.pt")
+
+
+def test_early_stopping(tmp_path, data_dirs):
+    """lr ~ 0: the val NME never improves after the first validation, so with
+    patience 2 training stops at the third validation."""
+    tr, va = data_dirs
+    text = config_text(tr, va, steps=50, val_every=1, extra_train="patience = 2").replace("lr = 0.01", "lr = 1e-30")
+    summary = T.train(load_config(write_config(tmp_path, text)), tmp_path / "es", progress=False, device="cpu")
+    assert summary["stopped_early"] and summary["steps"] == 3 and summary["best_step"] == 1
+    ck = T.load_checkpoint(tmp_path / "es" / "last.pt")
+    assert ck["bad_validations"] == 2 and ck["step"] == 3
+    assert T.load_checkpoint(tmp_path / "es" / "best.pt")["step"] == 1
+
+
+@pytest.mark.parametrize("task", ["fake+disc", "fake2+disc"])
+def test_gan_schedule(tmp_path, data_dirs, task):
+    tr, va = data_dirs
+    cfg = load_config(write_config(tmp_path, config_text(tr, va, task=task, steps=3, val_every=3,
+                                                         extra_optim="disc_lr = 0.001")))
+    torch.manual_seed(0)
+    T.train(cfg, tmp_path / "g", progress=False, device="cpu")
+    ck = T.load_checkpoint(tmp_path / "g" / "last.pt")
+    assert ck["consumed"] == 3 * 2 * 4  # detector twice per step
+    assert ck["disc_optimizer"]["state"][0]["step"] == 3  # discriminator once per step
+    assert ck["optimizer"]["state"][0]["step"] == 6
+    rows = read_log(tmp_path / "g" / "log.csv")
+    assert all(math.isfinite(float(r["d_loss"])) for r in rows)
+
+
+def test_non_finite_loss_stops(tmp_path, data_dirs):
+    tr, va = data_dirs
+    cfg = load_config(write_config(tmp_path, config_text(tr, va, task="fake-nan", steps=5, val_every=5)))
+    with pytest.raises(FloatingPointError, match="step 1: non-finite"):
+        T.train(cfg, tmp_path / "nan", progress=False, device="cpu")
+
+
+def test_crop_to_image_inverse():
+    rng = np.random.default_rng(0)
+    m = np.stack([np.hstack([rng.normal(size=(2, 2)) + 2 * np.eye(2), rng.normal(size=(2, 1))]) for _ in range(3)])
+    pts = rng.normal(size=(3, 5, 2)) * 50
+    crop = np.stack([transform_points(m[i], pts[i]) for i in range(3)])
+    back = T.crop_to_image(torch.from_numpy(crop), torch.from_numpy(m)).numpy()
+    np.testing.assert_allclose(back, pts, atol=1e-9)

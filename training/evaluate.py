@@ -1,0 +1,247 @@
+"""Evaluate trained checkpoints on 300-W style splits.
+
+    python -m training.evaluate --checkpoint runs/hybrid/best.pt [more.pt ...]
+        --splits common helen-test lfpw-test [--crops gt|detector [--boxes boxes.json]]
+        [--out DIR] [--device cpu|cuda] [--root DATA]
+
+Each model runs on crops of every image (``gt``: the paper's ground-truth crop,
+the rule and size stored in the checkpoint's config; ``detector``: squares from
+face boxes, see below); predictions are mapped back to image pixels with the
+exact inverse of the crop matrix and compared with the original annotation.
+
+Reported per (model, split), as fractions (printed as %): NME normalised by the
+outer eye corners (``nme``, the default "inter-ocular"), by the eye centres
+(``nme_pupils``) and by sqrt(w h) of the ground-truth landmark box
+(``nme_box``); the eye-anchor NME (points 36-47, inter-ocular); failure rates
+FR@0.08 / 0.10 and AUC@0.07 / 0.08 / 0.10 (exact integral of the CED, see
+pyflm.metrics) of the inter-ocular NME.
+
+Outputs in ``--out`` (default: ``eval`` beside the first checkpoint):
+``results.json`` (written atomically; every metric plus per-image errors with
+the image paths), ``ced_<split>.png`` (one curve per model; path characters replaced by _), and a
+paper-1 Table-2-style table on stdout (rows: splits, columns: models).
+
+Detector crops: the face detector is not part of pyflm yet, so
+``--crops detector`` needs ``--boxes FILE``: a JSON object mapping image file
+names (or full paths) to ``[x_min, y_min, x_max, y_max]``, with an optional
+``"__rule__": {"dx": .., "dy": .., "scale": .., "size": "max"}`` (a
+pyflm.data.BoxToSquare fitted to ground truth); without it the command stops
+with NotImplementedError. From Python, pass any callable ``sample -> box``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from pyflm.data import BoxToSquare, Sample, load_split
+from pyflm.metrics import evaluate as _metrics
+from pyflm.metrics import format_table, nme, plot_ced
+from training.dataset import IMAGENET_MEAN, IMAGENET_STD, LandmarkDataset, make_loader
+from training.train import CheckpointError, _atomic_write, _to_float, crop_to_image, load_checkpoint, task_from_checkpoint
+
+__all__ = ["compute_metrics", "predict_split", "evaluate_models", "load_boxes", "main", "METRIC_COLUMNS"]
+
+METRIC_COLUMNS = ("nme", "nme_pupils", "nme_box", "eye_nme", "fr@0.08", "fr@0.1", "auc@0.07", "auc@0.08", "auc@0.1")
+
+
+def compute_metrics(pred, gt, scheme: str = "68") -> dict:
+    """All reported metrics for image-px predictions [N, K, 2] vs ground truth
+    (fractions), plus per-image arrays under "per_image"."""
+    m = _metrics(pred, gt, norm="corners", scheme=scheme)
+    out = {k: v for k, v in m.items() if k != "per_image"}
+    per = {"nme": m["per_image"],
+           "nme_pupils": nme(pred, gt, norm="pupils", scheme=scheme),
+           "nme_box": nme(pred, gt, norm="box", scheme=scheme)}
+    from pyflm.metrics import eye_anchor_nme
+
+    per["eye_nme"] = eye_anchor_nme(pred, gt, scheme=scheme)
+    out["nme_pupils"] = float(per["nme_pupils"].mean())
+    out["nme_box"] = float(per["nme_box"].mean())
+    out["per_image"] = per
+    return out
+
+
+def _crop_fn(crops, boxes_rule=None):
+    """None for gt crops, else sample -> (cx, cy, side)."""
+    if crops in (None, "gt"):
+        return None
+    rule = boxes_rule or BoxToSquare()
+    if callable(crops):
+        return lambda s: rule(crops(s))
+    if crops == "detector":
+        raise NotImplementedError(
+            "detector crops: pyflm has no face detector yet; pass --boxes FILE (JSON: image name -> "
+            "[x_min, y_min, x_max, y_max]) or use --crops gt")
+    raise ValueError(f"crops must be 'gt', 'detector' or a callable, got {crops!r}")
+
+
+def load_boxes(path) -> tuple[Callable[[Sample], np.ndarray], BoxToSquare]:
+    """Read a boxes JSON (see the module docstring) into (sample -> box, rule)."""
+    path = Path(path)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    rule = BoxToSquare(**data.pop("__rule__")) if "__rule__" in data else BoxToSquare()
+
+    def lookup(s: Sample):
+        for key in (str(s.image_path), s.image_path.name):
+            if key in data:
+                return np.asarray(data[key], dtype=np.float64)
+        raise KeyError(f"{path}: no box for {s.image_path}")
+
+    return lookup, rule
+
+
+@torch.no_grad()
+def predict_split(predict: Callable[[dict], torch.Tensor], samples: Sequence[Sample], input_size: int,
+                  crop_scale: float = 1.3, crop_center: str = "centroid", mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                  batch_size: int = 16, crop_fn=None, num_workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(pred, gt) in image px, float64 [N, K, 2]. ``predict(batch) -> crop-px
+    coords [B, K, 2]`` gets the dataset's batch dict (image, matrix, ...)."""
+    ds = LandmarkDataset(samples, input_size, None, crop_scale=crop_scale, crop_center=crop_center, mean=mean, std=std,
+                         crop_fn=crop_fn)
+    loader = make_loader(ds, batch_size, num_workers=num_workers)
+    preds, gts = [], []
+    for batch in loader:
+        coords = predict(batch)
+        preds.append(crop_to_image(coords.detach().cpu(), batch["matrix"]).numpy())
+        gts.append(batch["image_landmarks"].numpy())
+    return np.concatenate(preds), np.concatenate(gts)
+
+
+def task_predictor(task, device) -> Callable[[dict], torch.Tensor]:
+    model = task.model.to(device).eval()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if torch.device(device).type == "cuda" else None
+
+    def predict(batch):
+        x = batch["image"].to(device)
+        if autocast is not None:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = model(x)
+        else:
+            out = model(x)
+        return task.decode(_to_float(out))[0]
+
+    return predict
+
+
+def evaluate_models(models: Mapping[str, dict], splits: Mapping[str, Sequence[Sample]], out_dir=None,
+                    crops="gt", boxes_rule: BoxToSquare | None = None, batch_size: int = 16,
+                    verbose: bool = True, num_workers: int = 0) -> dict:
+    """Evaluate several models on several splits.
+
+    ``models``: {label: {"predict": callable(batch) -> crop px [B, K, 2],
+    "input_size": int, "crop_scale", "crop_center", "mean", "std"}} (the last
+    four optional). ``splits``: {name: samples}. Returns {label: {split:
+    metrics}} with per-image errors; writes results.json and ced_<split>.png
+    to ``out_dir`` when given."""
+    crop_fn = _crop_fn(crops, boxes_rule)
+    results: dict = {}
+    for label, spec in models.items():
+        results[label] = {}
+        for split, samples in splits.items():
+            pred, gt = predict_split(spec["predict"], samples, spec["input_size"], spec.get("crop_scale", 1.3),
+                                     spec.get("crop_center", "centroid"), spec.get("mean", IMAGENET_MEAN),
+                                     spec.get("std", IMAGENET_STD), batch_size, crop_fn, num_workers)
+            m = compute_metrics(pred, gt, samples[0].scheme)
+            m["images"] = [str(s.image_path) for s in samples]
+            results[label][split] = m
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        payload = {label: {split: {**{k: v for k, v in m.items() if k not in ("per_image", "images")},
+                                   "per_image": [{"image": img, **{k: float(a[i]) for k, a in m["per_image"].items()}}
+                                                 for i, img in enumerate(m["images"])]}
+                           for split, m in per.items()}
+                   for label, per in results.items()}
+        payload["_meta"] = {"crops": crops if isinstance(crops, str) else "callable",
+                            "metrics": "fractions; nme = outer-eye-corner (inter-ocular) normalised"}
+        _atomic_write(out_dir / "results.json", lambda f: f.write(json.dumps(payload, indent=2).encode()))
+        for split in splits:
+            curves = {label: results[label][split]["per_image"]["nme"] for label in results}
+            try:
+                plot_ced(curves, out_dir / f"ced_{_file_safe(split)}.png", title=f"CED, {split} (inter-ocular NME)")
+            except ImportError as e:
+                print(f"training.evaluate: no CED plot ({e})", file=sys.stderr)
+    if verbose:
+        print(summary_table(results))
+    return results
+
+
+def _file_safe(name: str) -> str:
+    """A split name (or a folder path given as one) as a file-name part."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "split"
+
+
+def summary_table(results: Mapping[str, Mapping[str, dict]], metric: str = "nme") -> str:
+    """Rows: splits; columns: models (paper-1 Table-2 style), then one
+    detailed table per model (rows: splits; columns: all metrics)."""
+    labels = list(results)
+    splits: list[str] = []
+    for per in results.values():
+        for s in per:
+            if s not in splits:
+                splits.append(s)
+    main_tab = {s: {label: results[label][s][metric] for label in labels if s in results[label]} for s in splits}
+    parts = [f"Inter-ocular NME (%) [{metric}], ground truth vs prediction in image pixels",
+             format_table(main_tab, columns=labels, row_header="Split")]
+    for label in labels:
+        rows = {s: {**{c: results[label][s].get(c) for c in METRIC_COLUMNS}, "n": results[label][s]["n"]}
+                for s in results[label]}
+        parts += ["", f"{label}", format_table(rows, columns=list(METRIC_COLUMNS) + ["n"], percent=list(METRIC_COLUMNS),
+                                               row_header="Split")]
+    return "\n".join(parts)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", nargs="+", required=True, help="one or more checkpoints (best.pt / last.pt)")
+    p.add_argument("--splits", nargs="+", default=["common", "helen-test", "lfpw-test"])
+    p.add_argument("--crops", choices=("gt", "detector"), default="gt")
+    p.add_argument("--boxes", default=None, help="boxes JSON for --crops detector")
+    p.add_argument("--out", default=None)
+    p.add_argument("--root", default=None, help="data root (default PYFLM_DATA or ../shared/data)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers (0 = load in this process)")
+    args = p.parse_args(argv)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        crops, rule = args.crops, None
+        if args.crops == "detector":
+            if args.boxes is None:
+                _crop_fn("detector")
+            crops, rule = load_boxes(args.boxes)
+        splits = {name: load_split(name, root=args.root) for name in args.splits}
+        models = {}
+        for path in args.checkpoint:
+            ckpt = load_checkpoint(path, map_location="cpu")
+            task, cfg = task_from_checkpoint(ckpt, device)
+            d = cfg["data"]
+            mean, std = (IMAGENET_MEAN, IMAGENET_STD) if d["normalize"] == "imagenet" else (None, None)
+            label = Path(path).parent.name or Path(path).stem
+            if label in models:
+                label = f"{label}/{Path(path).stem}"
+            models[label] = {"predict": task_predictor(task, device), "input_size": int(task.input_size),
+                             "crop_scale": d["crop_scale"], "crop_center": d["crop_center"], "mean": mean, "std": std}
+        out = Path(args.out) if args.out else Path(args.checkpoint[0]).parent / "eval"
+        evaluate_models(models, splits, out, crops=crops, boxes_rule=rule, batch_size=args.batch_size,
+                        num_workers=args.workers)
+        print(f"\nwrote {out / 'results.json'} and CED plots to {out}")
+    except NotImplementedError as e:
+        print(f"training.evaluate: {e}", file=sys.stderr)
+        return 3
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"training.evaluate: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
