@@ -5,7 +5,6 @@ the CLI runs from a checkpoint of the fake task."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ import torch
 from pyflm.data import load_folder, square_from_landmarks
 from training import evaluate as E
 from training import train as T
-from training.config import load_config
 
 from test_training import config_text, write_config, write_dataset  # noqa: F401  (registers the fake task)
 

@@ -43,21 +43,6 @@ def one_thread():
     torch.set_num_threads(prev)
 
 
-def _dsc_available() -> tuple[bool, str]:
-    try:
-        from pyflm.ops import DilatedSkipBlock
-
-        block = DilatedSkipBlock(channels=4, growth=None, dilations=(1, 1, 2))
-    except Exception as e:  # noqa: BLE001 - any failure means "not implemented here"
-        return False, f"pyflm.ops.DilatedSkipBlock is a placeholder in this build ({type(e).__name__}: {e})"
-    if not isinstance(getattr(block, "layers", None), torch.nn.ModuleList):
-        return False, "pyflm.ops.DilatedSkipBlock is a placeholder in this build (no `layers` after construction)"
-    return True, ""
-
-
-DSC_OK, DSC_REASON = _dsc_available()
-
-
 # ---------------------------------------------------------------- registry
 
 
@@ -215,7 +200,6 @@ def test_discriminator_forward_backward():
     _check_backward(build_model("discriminator"), torch.rand(2, K, 2), (2, 1))
 
 
-@pytest.mark.skipif(not DSC_OK, reason=DSC_REASON or "n/a")
 def test_dsc_forward_backward():
     m = build_model("dsc", num_landmarks=4)
     assert m.input_size == 256 and m.output_stride == 1
@@ -227,46 +211,16 @@ def test_dsc_forward_backward():
     assert count_parameters(m) == count_parameters(m.backbone) + count_parameters(m.refine)
 
 
-class _StubDilatedSkipBlock(torch.nn.Module):
-    """Stands in for pyflm.ops.DilatedSkipBlock (same constructor) to test the
-    DSC wiring while the op is a placeholder: residual stack of dilated 3x3 convs."""
-
-    def __init__(self, channels, growth=None, dilations=(1, 1, 2, 4, 8, 16, 32)):
-        super().__init__()
-        self.layers = torch.nn.ModuleList(
-            [torch.nn.Conv2d(channels, channels, 3, padding=d, dilation=d) for d in dilations]
-        )
-
-    def forward(self, x):
-        for conv in self.layers:
-            x = x + torch.relu(conv(x))
-        return x
-
-
-def test_dsc_wiring_with_stub_block(monkeypatch):
-    import pyflm.ops
-
-    monkeypatch.setattr(pyflm.ops, "DilatedSkipBlock", _StubDilatedSkipBlock)
+def test_dsc_wiring():
+    """initial = Gaussian-blurred FC-DenseNet output; refined = the dilated skip block on it."""
     m = build_model("dsc", num_landmarks=3)
     assert [c.dilation[0] for c in m.refine.layers] == [1, 1, 2, 4, 8, 16, 32]
-    assert count_parameters(m) == count_parameters(m.backbone) + count_parameters(m.refine)
     x = torch.randn(1, 3, 64, 64)
-    initial, refined = m(x)
-    assert initial.shape == refined.shape == (1, 3, 64, 64)
-    # initial = Gaussian-blurred FC-DenseNet output
     m.eval()
     with torch.no_grad():
         initial, refined = m(x)
         torch.testing.assert_close(initial, m.kernel_conv(m.backbone(x)))
         torch.testing.assert_close(refined, m.refine(initial))
-    m.train()
-    _check_backward(m, x, (1, 3, 64, 64))
-
-
-@pytest.mark.skipif(DSC_OK, reason="DilatedSkipBlock is implemented")
-def test_dsc_placeholder_error_is_clear():
-    with pytest.raises(RuntimeError, match="DilatedSkipBlock is still a placeholder"):
-        build_model("dsc")
 
 
 # ------------------------------------------------------- parameter counts
@@ -283,7 +237,7 @@ def test_parameter_table():
     ours, paper = rows["fcdensenet56 (11 classes)"]
     assert abs(ours - paper) / paper < 0.10
     assert rows["compact"][0] < 3_000_000
-    assert ("dsc" in rows) == DSC_OK
+    assert "dsc" in rows
 
 
 def test_discriminator_hidden_size_solves_paper_count():

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyflm.models.densenet import FCDenseNet56
+from pyflm.ops.dilated_skip import DilatedSkipBlock
 
 #: Default sigma of the kernel convolution: the 45-tap kernel spans +-22 px, i.e.
 #: +-3 sigma for sigma = 22 / 3 (~7.33 px), so the truncated tails hold < 0.3 % of
@@ -65,13 +66,6 @@ class GaussianKernelConv(nn.Module):
         return F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, p), groups=c)  # 1x45
 
 
-def _placeholder_error() -> RuntimeError:
-    return RuntimeError(
-        "pyflm.ops.DilatedSkipBlock is still a placeholder in this build (no `layers` after "
-        "construction); the 'dsc' model needs the implemented op"
-    )
-
-
 class DSCNet(nn.Module):
     """FC-DenseNet56 + kernel convolution + dilated skip convolution refinement.
 
@@ -86,18 +80,11 @@ class DSCNet(nn.Module):
     def __init__(self, num_landmarks: int = 68, input_size: int = 256, kernel_size: int = 45,
                  sigma: float = DEFAULT_KERNEL_SIGMA, dilations=(1, 1, 2, 4, 8, 16, 32), dropout: float = 0.2):
         super().__init__()
-        from pyflm.ops import DilatedSkipBlock  # lazy: the op may be built separately
-
         self.num_landmarks = num_landmarks
         self.input_size = input_size
         self.backbone = FCDenseNet56(num_landmarks, input_size, dropout=dropout)
         self.kernel_conv = GaussianKernelConv(num_landmarks, kernel_size, sigma)
-        try:
-            self.refine = DilatedSkipBlock(channels=num_landmarks, growth=None, dilations=tuple(dilations))
-        except TypeError as e:  # the placeholder takes no arguments
-            raise _placeholder_error() from e
-        if not isinstance(getattr(self.refine, "layers", None), nn.ModuleList):
-            raise _placeholder_error()
+        self.refine = DilatedSkipBlock(channels=num_landmarks, growth=None, dilations=tuple(dilations))
 
     def forward(self, x: torch.Tensor):
         initial = self.kernel_conv(self.backbone(x))
