@@ -167,6 +167,17 @@ void for_samples(const at::Tensor& t, int64_t B, int64_t work_per_sample, const 
   }
 }
 
+bool is_reduced(const at::Tensor& t) {
+  return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
+}
+
+std::vector<at::Tensor> to_float(at::TensorList ts) {
+  std::vector<at::Tensor> out;
+  out.reserve(ts.size());
+  for (const auto& t : ts) out.push_back(t.to(at::kFloat));
+  return out;
+}
+
 std::string layer_arg(const char* name, size_t l) {
   return std::string(name) + "[" + std::to_string(l) + "]";
 }
@@ -216,6 +227,13 @@ void check_args(const at::Tensor& input, at::TensorList weights, at::TensorList 
 std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& input, at::TensorList weights,
                                            at::TensorList biases, at::IntArrayRef dilations) {
   check_args(input, weights, biases, dilations);
+  if (is_reduced(input)) {
+    // Summing 9 taps per layer and L layers in half/bfloat16 storage loses far
+    // more than the convolutions it replaces (which accumulate in float32):
+    // compute in float32, round the output once, keep the buffer in float32.
+    auto [output, buffer] = forward(input.to(at::kFloat), to_float(weights), to_float(biases), dilations);
+    return {output.to(input.scalar_type()), buffer};
+  }
   const at::Tensor x = input.contiguous();
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const size_t L = weights.size();
@@ -283,6 +301,14 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> backwar
                   buffer.size(3) == W,
               "pyflm.", op, ": buffer must have shape [", B, ", ", buf_ch, ", ", H, ", ", W,
               "], got ", checks::shape_str(buffer));
+  if (is_reduced(grad_output)) {  // the forward kept a float32 buffer
+    auto [gi, gw, gb] = backward(grad_output.to(at::kFloat), buffer, to_float(weights), dilations);
+    for (size_t l = 0; l < L; ++l) {
+      gw[l] = gw[l].to(weights[l].scalar_type());
+      gb[l] = gb[l].to(weights[l].scalar_type());
+    }
+    return {gi.to(grad_output.scalar_type()), gw, gb};
+  }
   TORCH_CHECK(grad_output.scalar_type() == buffer.scalar_type() &&
                   grad_output.device() == buffer.device(),
               "pyflm.", op, ": grad_output and buffer must share dtype and device");

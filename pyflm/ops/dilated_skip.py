@@ -59,7 +59,7 @@ def dilated_skip_block(
 
     Args:
         input: ``[B, C, H, W]`` heatmaps (or features), float32/float64, or
-            float16/bfloat16 where the device's matmul supports them (CPU does).
+            float16/bfloat16 (computed in float32, the output rounded once).
             Any layout; it is made contiguous internally. ``B = 0`` is allowed.
         weights: ``L`` tensors; ``weights[l]`` is ``[G_l, C + G_1 + ... + G_{l-1}, 3, 3]``
             and the last one is ``[C, ...]``. Same dtype and device as ``input``.
@@ -198,7 +198,10 @@ if _library.HAS_OPS:
     def _fake_forward(input, weights, biases, dilations):
         _fake_checks(input, weights, biases, dilations)
         b, _, h, w = input.shape
-        return input.new_empty(input.shape), input.new_empty((b, _buffer_channels(input, weights), h, w))
+        # half/bfloat16 are computed in float32; the buffer stays float32
+        buffer_dtype = torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype
+        buffer = input.new_empty((b, _buffer_channels(input, weights), h, w), dtype=buffer_dtype)
+        return input.new_empty(input.shape), buffer
 
     @torch.library.register_fake("pyflm::_dilated_skip_block_backward")
     def _fake_backward(grad_output, buffer, weights, dilations):
