@@ -327,3 +327,79 @@ def test_extreme_sigma_and_large_map(compiled):
             tr, mr = ref64(coords, vis, H, W, sigma, kind, bg)
             assert torch.isfinite(t).all(), f"seed={seed} sigma={sigma} {kind}"
             torch.testing.assert_close(t.double(), tr, **TOLERANCES[torch.float32], msg=lambda s: f"seed={seed}: {s}")
+
+
+# ---------------------------------------------------------------- out= overload
+
+OUT_CASES = [("gaussian", False), ("gaussian", True), ("distribution", False), ("pwc", False)]
+
+
+def _out_buffers(coords, kind, bg, H, W):
+    B, K = coords.shape[:2]
+    C = K + (1 if kind == "pwc" or (kind == "gaussian" and bg) else 0)
+    # NaN-filled: every element the op forgets to write stays NaN
+    return (torch.full((B, C, H, W), float("nan"), dtype=coords.dtype, device=coords.device),
+            torch.full((B, K), float("nan"), dtype=coords.dtype, device=coords.device))
+
+
+@pytest.mark.parametrize("kind,bg", OUT_CASES)
+def test_out_equals_functional_and_reuses_buffers(compiled, device, kind, bg):
+    B, K, H, W = random.randint(1, 4), random.randint(1, 9), random.randint(3, 17), random.randint(3, 17)
+    H, W = 11, 7
+    for _ in range(2):  # the second call overwrites the first call's values
+        coords = torch.rand(B, K, 2, device=device) * torch.tensor([W + 2.0, H + 2.0], device=device) - 1.5
+        vis = torch.rand(B, K, device=device) > 0.2
+        want_t, want_m = compiled.heatmap_targets(coords, vis, H, W, 1.7, kind, bg)
+        if _ == 0:
+            out = _out_buffers(coords, kind, bg, H, W)
+        ptrs = [t.data_ptr() for t in out]
+        versions = [t._version for t in out]
+        got = pyflm.heatmap_targets(coords, vis, H, W, 1.7, kind, bg, out=out)
+        assert got[0] is out[0] and got[1] is out[1]
+        assert [t.data_ptr() for t in out] == ptrs
+        assert all(t._version > v for t, v in zip(out, versions))  # autograd sees the write
+        torch.testing.assert_close(out[0], want_t, rtol=0, atol=0)
+        torch.testing.assert_close(out[1], want_m, rtol=0, atol=0)
+
+
+def test_out_fallback_matches(device):
+    coords = torch.rand(2, 5, 2, device=device) * 8
+    out = _out_buffers(coords, "pwc", False, 9, 9)
+    got = heatmap_targets
+    want = heatmap_targets_reference(coords, None, 9, 9, 1.5, "pwc", False)
+    orig = _library.HAS_OPS
+    try:
+        _library.HAS_OPS = False
+        _library._warned.add("missing")  # this test is about the result, not the warning
+        got(coords, None, 9, 9, 1.5, "pwc", False, out=out)
+    finally:
+        _library.HAS_OPS = orig
+    torch.testing.assert_close(out[0], want[0])
+    torch.testing.assert_close(out[1], want[1])
+
+
+def test_out_opcheck(compiled):
+    coords = torch.rand(2, 3, 2) * 6
+    targets, mask = _out_buffers(coords, "gaussian", True, 8, 6)
+    torch.library.opcheck(
+        torch.ops.pyflm.heatmap_targets.out,
+        (coords, None, 8, 6, 1.5, "gaussian", True),
+        {"targets": targets, "mask": mask},
+    )
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (lambda t, m: (t[:, :2], m), r"out targets must have shape \[2, 3, 8, 6\]"),
+        (lambda t, m: (t, m.double()), "out mask must have the dtype of coords"),
+        (lambda t, m: (t.transpose(2, 3).contiguous().transpose(2, 3), m), "out targets must be contiguous"),
+        (lambda t, m: (t.requires_grad_(True), m), "must not require grad"),
+    ],
+)
+def test_out_errors(compiled, change, match):
+    coords = torch.rand(2, 3, 2) * 5
+    targets, mask = change(*_out_buffers(coords, "gaussian", False, 8, 6))
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.pyflm.heatmap_targets.out(coords, None, 8, 6, 1.5, "gaussian", False,
+                                            targets=targets, mask=mask)

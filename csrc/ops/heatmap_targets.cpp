@@ -28,9 +28,55 @@ std::tuple<at::Tensor, at::Tensor> heatmap_targets_autograd(
   return op.call(coords, visibility, height, width, sigma, kind, background);
 }
 
+// The out= overload mutates its outputs: run below autograd, then bump their
+// version counters as in-place ops do (so autograd sees the change).
+void heatmap_targets_out_autograd(
+    const at::Tensor& coords, const std::optional<at::Tensor>& visibility, int64_t height,
+    int64_t width, double sigma, c10::string_view kind, bool background, at::Tensor& targets,
+    at::Tensor& mask) {
+  TORCH_CHECK(!targets.requires_grad() && !mask.requires_grad(),
+              "pyflm.heatmap_targets: out tensors (targets, mask) must not require grad");
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("pyflm::heatmap_targets", "out")
+                       .typed<void(const at::Tensor&, const std::optional<at::Tensor>&, int64_t,
+                                   int64_t, double, c10::string_view, bool, at::Tensor&,
+                                   at::Tensor&)>();
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    op.call(coords, visibility, height, width, sigma, kind, background, targets, mask);
+  }
+  torch::autograd::impl::bump_version(targets);
+  torch::autograd::impl::bump_version(mask);
+}
+
 }  // namespace
 
 namespace heatmap_targets_detail {
+
+int64_t target_channels(int kind, bool background, int64_t K) {
+  return K + ((kind == kPwc || (kind == kGaussian && background)) ? 1 : 0);
+}
+
+void check_out(const at::Tensor& coords, int64_t channels, int64_t height, int64_t width,
+               const at::Tensor& targets, const at::Tensor& mask) {
+  const int64_t B = coords.size(0), K = coords.size(1);
+  const std::pair<const at::Tensor*, std::vector<int64_t>> outs[] = {
+      {&targets, {B, channels, height, width}}, {&mask, {B, K}}};
+  const char* names[] = {"targets", "mask"};
+  for (int i = 0; i < 2; ++i) {
+    const at::Tensor& t = *outs[i].first;
+    TORCH_CHECK(t.sizes() == at::IntArrayRef(outs[i].second), "pyflm.heatmap_targets: out ",
+                names[i], " must have shape ", at::IntArrayRef(outs[i].second), ", got ",
+                checks::shape_str(t));
+    TORCH_CHECK(t.scalar_type() == coords.scalar_type(), "pyflm.heatmap_targets: out ",
+                names[i], " must have the dtype of coords (", coords.scalar_type(), "), got ",
+                t.scalar_type());
+    checks::check_same_device(coords, t, "heatmap_targets", "coords", names[i]);
+    TORCH_CHECK(t.is_contiguous(), "pyflm.heatmap_targets: out ", names[i],
+                " must be contiguous");
+  }
+}
+
 
 int check_inputs(const at::Tensor& coords, const std::optional<at::Tensor>& visibility,
                  int64_t height, int64_t width, double sigma, c10::string_view kind,
@@ -73,10 +119,18 @@ TORCH_LIBRARY_FRAGMENT(pyflm, m) {
   m.def(
       "heatmap_targets(Tensor coords, Tensor? visibility, int height, int width, float sigma, "
       "str kind=\"gaussian\", bool background=False) -> (Tensor targets, Tensor mask)");
+  // Writes into caller-owned buffers: a training loop reuses them step after
+  // step instead of paying for fresh pages every call. Returns nothing:
+  // aliased outputs of custom ops cannot be functionalized (torch.compile).
+  m.def(
+      "heatmap_targets.out(Tensor coords, Tensor? visibility, int height, int width, "
+      "float sigma, str kind=\"gaussian\", bool background=False, *, Tensor(a!) targets, "
+      "Tensor(b!) mask) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(pyflm, Autograd, m) {
   m.impl("heatmap_targets", &heatmap_targets_autograd);
+  m.impl("heatmap_targets.out", &heatmap_targets_out_autograd);
 }
 
 }  // namespace pyflm

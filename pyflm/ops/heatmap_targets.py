@@ -124,6 +124,8 @@ def heatmap_targets(
     sigma: float = 2.0,
     kind: str = "gaussian",
     background: bool = False,
+    *,
+    out: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Training targets (heatmaps) for landmarks, unbiased and sub-pixel centred.
 
@@ -149,6 +151,10 @@ def heatmap_targets(
               every pixel sums to 1 (hard labels are the argmax over channels).
               ``background`` is ignored: the background channel is always there.
         background: see ``kind``.
+        out: optional ``(targets, mask)`` buffers to write into (contiguous, of
+            ``coords``' dtype and device, of the shapes below). A training loop
+            that reuses them skips a fresh allocation each step, which on a CPU
+            costs more than computing the targets.
 
     Returns:
         ``(targets, mask)``: ``targets`` ``[B, K, H, W]`` (``[B, K + 1, H, W]``
@@ -164,11 +170,26 @@ def heatmap_targets(
     the argument.
     """
     if _library.use_compiled("heatmap_targets", coords.device):
+        if out is not None:
+            torch.ops.pyflm.heatmap_targets.out(
+                coords, visibility, height, width, sigma, kind, background, targets=out[0], mask=out[1]
+            )
+            return out
         return torch.ops.pyflm.heatmap_targets(
             coords, visibility, height, width, sigma, kind, background
         )
     with torch.no_grad():
-        return heatmap_targets_reference(coords, visibility, height, width, sigma, kind, background)
+        targets, mask = heatmap_targets_reference(coords, visibility, height, width, sigma, kind, background)
+        if out is None:
+            return targets, mask
+        for name, buf, value in (("targets", out[0], targets), ("mask", out[1], mask)):
+            if buf.shape != value.shape or buf.dtype != value.dtype or buf.device != value.device:
+                raise RuntimeError(
+                    f"pyflm.heatmap_targets: out {name} must have shape {list(value.shape)}, dtype "
+                    f"{value.dtype} and device {value.device}, got {list(buf.shape)}, {buf.dtype}, {buf.device}"
+                )
+            buf.copy_(value)
+        return out
 
 
 if _library.HAS_OPS:
@@ -181,3 +202,8 @@ if _library.HAS_OPS:
         targets = coords.new_empty((B, C, height, width))
         mask = coords.new_empty((B, K))
         return targets, mask
+
+    @torch.library.register_fake("pyflm::heatmap_targets.out")
+    def _heatmap_targets_out_fake(coords, visibility, height, width, sigma, kind="gaussian",
+                                  background=False, *, targets, mask):
+        _check_inputs(coords, visibility, height, width, sigma, kind, background)

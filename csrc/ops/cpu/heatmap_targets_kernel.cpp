@@ -226,36 +226,52 @@ void heatmap_targets_cpu_impl(const at::Tensor& coords, const at::Tensor& vis, i
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> heatmap_targets_cpu(
-    const at::Tensor& coords_in, const std::optional<at::Tensor>& visibility, int64_t height,
-    int64_t width, double sigma, c10::string_view kind_str, bool background) {
-  const int kind = heatmap_targets_detail::check_inputs(coords_in, visibility, height, width,
-                                                        sigma, kind_str, background);
+// Writes every element of targets [B, C, H, W] and mask [B, K] (contiguous).
+void fill_cpu(const at::Tensor& coords_in, const std::optional<at::Tensor>& visibility,
+              int64_t height, int64_t width, double sigma, int kind, bool background,
+              at::Tensor& targets, at::Tensor& mask) {
   const at::Tensor coords = coords_in.contiguous();
   at::Tensor vis;
   if (visibility.has_value()) {
     vis = visibility->scalar_type() == at::kBool ? visibility->contiguous()
                                                  : at::gt(*visibility, 0).contiguous();
   }
-  const int64_t B = coords.size(0), K = coords.size(1);
-  const bool with_bg = kind == kPwc || (kind == kGaussian && background);
-  at::Tensor targets =
-      at::empty({B, K + (with_bg ? 1 : 0), height, width}, coords.options());
-  at::Tensor mask = at::empty({B, K}, coords.options());
-  if (B == 0 || (K == 0 && !with_bg)) return {targets, mask};
-  advise_huge_pages(targets);
+  if (coords.size(0) == 0 || targets.size(1) == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, coords.scalar_type(),
                                   "heatmap_targets_cpu", [&] {
     heatmap_targets_cpu_impl<scalar_t>(coords, vis, height, width, sigma, kind, background,
                                        targets, mask);
   });
+}
+
+std::tuple<at::Tensor, at::Tensor> heatmap_targets_cpu(
+    const at::Tensor& coords, const std::optional<at::Tensor>& visibility, int64_t height,
+    int64_t width, double sigma, c10::string_view kind_str, bool background) {
+  const int kind = check_inputs(coords, visibility, height, width, sigma, kind_str, background);
+  const int64_t B = coords.size(0), K = coords.size(1);
+  at::Tensor targets = at::empty({B, target_channels(kind, background, K), height, width},
+                                 coords.options());
+  at::Tensor mask = at::empty({B, K}, coords.options());
+  advise_huge_pages(targets);
+  fill_cpu(coords, visibility, height, width, sigma, kind, background, targets, mask);
   return {targets, mask};
+}
+
+void heatmap_targets_out_cpu(
+    const at::Tensor& coords, const std::optional<at::Tensor>& visibility, int64_t height,
+    int64_t width, double sigma, c10::string_view kind_str, bool background,
+    at::Tensor& targets, at::Tensor& mask) {
+  const int kind = check_inputs(coords, visibility, height, width, sigma, kind_str, background);
+  check_out(coords, target_channels(kind, background, coords.size(1)), height, width, targets,
+            mask);
+  fill_cpu(coords, visibility, height, width, sigma, kind, background, targets, mask);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pyflm, CPU, m) {
   m.impl("heatmap_targets", &heatmap_targets_cpu);
+  m.impl("heatmap_targets.out", &heatmap_targets_out_cpu);
 }
 
 }  // namespace pyflm

@@ -140,11 +140,10 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> heatmap_targets_cuda(
-    const at::Tensor& coords_in, const std::optional<at::Tensor>& visibility, int64_t height,
-    int64_t width, double sigma, c10::string_view kind_str, bool background) {
-  const int kind = heatmap_targets_detail::check_inputs(coords_in, visibility, height, width,
-                                                        sigma, kind_str, background);
+// Writes every element of targets [B, C, H, W] and mask [B, K] (contiguous).
+void fill_cuda(const at::Tensor& coords_in, const std::optional<at::Tensor>& visibility,
+               int64_t height, int64_t width, double sigma, int kind, bool background,
+               at::Tensor& targets, at::Tensor& mask) {
   c10::cuda::CUDAGuard guard(coords_in.device());
   const at::Tensor coords = coords_in.contiguous();
   at::Tensor vis;
@@ -155,9 +154,7 @@ std::tuple<at::Tensor, at::Tensor> heatmap_targets_cuda(
   const int64_t B = coords.size(0), K = coords.size(1), M = B * K;
   const int64_t H = height, W = width, HW = H * W;
   const bool with_bg = kind == kPwc || (kind == kGaussian && background);
-  at::Tensor targets = at::empty({B, K + (with_bg ? 1 : 0), H, W}, coords.options());
-  at::Tensor mask = at::empty({B, K}, coords.options());
-  if (B == 0 || (K == 0 && !with_bg)) return {targets, mask};
+  if (B == 0 || (K == 0 && !with_bg)) return;
   TORCH_CHECK((HW + kThreads - 1) / kThreads <= std::numeric_limits<int32_t>::max(),
               "pyflm.heatmap_targets: height * width too large, got ", H, " x ", W);
   TORCH_CHECK(M <= std::numeric_limits<int32_t>::max(),
@@ -191,13 +188,35 @@ std::tuple<at::Tensor, at::Tensor> heatmap_targets_cuda(
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+}
+
+std::tuple<at::Tensor, at::Tensor> heatmap_targets_cuda(
+    const at::Tensor& coords, const std::optional<at::Tensor>& visibility, int64_t height,
+    int64_t width, double sigma, c10::string_view kind_str, bool background) {
+  const int kind = check_inputs(coords, visibility, height, width, sigma, kind_str, background);
+  const int64_t B = coords.size(0), K = coords.size(1);
+  at::Tensor targets = at::empty({B, target_channels(kind, background, K), height, width},
+                                 coords.options());
+  at::Tensor mask = at::empty({B, K}, coords.options());
+  fill_cuda(coords, visibility, height, width, sigma, kind, background, targets, mask);
   return {targets, mask};
+}
+
+void heatmap_targets_out_cuda(
+    const at::Tensor& coords, const std::optional<at::Tensor>& visibility, int64_t height,
+    int64_t width, double sigma, c10::string_view kind_str, bool background,
+    at::Tensor& targets, at::Tensor& mask) {
+  const int kind = check_inputs(coords, visibility, height, width, sigma, kind_str, background);
+  check_out(coords, target_channels(kind, background, coords.size(1)), height, width, targets,
+            mask);
+  fill_cuda(coords, visibility, height, width, sigma, kind, background, targets, mask);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pyflm, CUDA, m) {
   m.impl("heatmap_targets", &heatmap_targets_cuda);
+  m.impl("heatmap_targets.out", &heatmap_targets_out_cuda);
 }
 
 }  // namespace pyflm
