@@ -152,9 +152,12 @@ def test_backward_matches_reference_autograd(compiled, device, poison, dtype, sh
     rc, _ = soft_argmax_reference(hr, temperature)
     (e_sum,) = torch.autograd.grad(rc.sum(), hr, retain_graph=True)
     (e_w,) = torch.autograd.grad((rc * w).sum(), hr)
-    tol = TOLERANCES[dtype]
-    torch.testing.assert_close(g_sum.double(), e_sum, **tol)
-    torch.testing.assert_close(g_w.double(), e_w, **tol)
+    # The gradient carries a factor (x - cx) up to the map's width: its rounding
+    # error grows with its magnitude, so the absolute tolerance scales with it.
+    for got, want in ((g_sum, e_sum), (g_w, e_w)):
+        tol = dict(TOLERANCES[dtype])
+        tol["atol"] *= max(1.0, want.abs().max().item())
+        torch.testing.assert_close(got.double(), want, **tol)
     assert e_w.abs().max() > 1e-3  # the comparison is not vacuous
 
 
