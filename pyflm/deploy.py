@@ -69,6 +69,9 @@ def _atomic_save(obj: Any, path: Path, saver) -> None:
     os.close(fd)
     try:
         saver(obj, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a model file is for everyone to read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
