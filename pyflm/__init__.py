@@ -28,3 +28,15 @@ __all__ = [
     "dilated_skip_block",
     "DilatedSkipBlock",
 ]
+
+__all__ += ["FaceLandmarker", "Face"]
+
+
+def __getattr__(name: str):
+    # The landmarker pulls in OpenCV and the models: imported on first use so
+    # that `import pyflm` stays fast.
+    if name in ("FaceLandmarker", "Face"):
+        from pyflm import landmarker
+
+        return getattr(landmarker, name)
+    raise AttributeError(f"module 'pyflm' has no attribute {name!r}")

@@ -1,0 +1,486 @@
+"""The user-facing detector: images in, 68 landmarks per face out.
+
+::
+
+    from pyflm import FaceLandmarker
+
+    lm = FaceLandmarker()                       # bundled model, CPU, OpenCV Haar face detector
+    faces = lm.detect("photo.jpg")              # list[Face]
+    faces[0].landmarks                          # float32 [68, 2], image pixels
+    lm.detect(img, boxes=[[x0, y0, x1, y1]])    # your own face boxes, no detection
+
+Pipeline per face: a face box -> a square ``(cx, cy, side)`` by the model's crop
+rule for that box type -> the ``S x S`` crop (``cv2.warpAffine``, bilinear,
+border 0; the C++ tool does the same) -> the network (crops batched,
+``max_batch_size`` per forward) -> landmarks in crop pixels -> image pixels by
+the exact inverse of the crop matrix.
+
+Box types (``meta["crop"]["boxes"]``, one ``BoxToSquare`` rule each):
+
+* ``"tight"``: a tight bounding box of the 68 landmarks (what you get from an
+  annotation, or from the landmarks of a previous frame);
+* ``"haar"``: boxes as OpenCV's frontal-face Haar cascade reports them
+  (the default detector); other detectors by their ``name``.
+
+Boxes you pass are read as ``box_type`` (argument of ``detect``, else of the
+constructor, else ``"tight"``). Detector boxes use the detector's name; if the
+model has no rule fitted for that detector, the ``"tight"`` rule is used and a
+warning says so (landmarks are then less accurate). An unknown ``box_type`` is
+a ``ValueError`` listing the model's types.
+
+Coordinates: 0-based (x, y), pixel centres at integers (see :mod:`pyflm`);
+boxes are ``(x0, y0, x1, y1)`` in the same coordinates.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pyflm import deploy
+from pyflm.data.crops import BoxToSquare, Crop, square_from_landmarks
+
+try:  # TEMPORARY until branch `io` is merged
+    from pyflm.face_detection import get_face_detector
+    from pyflm.io import is_video, iter_images, iter_video_frames, load_image
+    from pyflm.smoothing import OneEuroFilter
+except ImportError:
+    from pyflm._pending_io import (OneEuroFilter, get_face_detector, is_video, iter_images,  # type: ignore
+                                   iter_video_frames, load_image)
+
+__all__ = ["Face", "FaceLandmarker"]
+
+
+@dataclass
+class Face:
+    """One face.
+
+    ``box``: float64 [4] (x0, y0, x1, y1), the box the crop came from (the
+    detector's, the one you gave, or in tracked video frames the tight box of
+    the landmarks). ``landmarks``: float32 [K, 2] (K = 68) in image pixels.
+    ``scores``: float32 [K], the network's per-landmark confidence (the peak
+    probability of each heatmap; higher is surer; scale depends on the model).
+    ``detection_score``: the face detector's score; 1.0 for boxes you gave
+    (tracked video faces keep the score of the detection that started them).
+    """
+
+    box: np.ndarray
+    landmarks: np.ndarray
+    scores: np.ndarray
+    detection_score: float = 1.0
+
+    def to_dict(self, decimals: int | None = 3) -> dict:
+        """JSON-able dict: ``{"box": [4], "detection_score", "landmarks": [[x, y]] * K,
+        "scores": [K]}``; coordinates rounded to ``decimals`` (scores to
+        ``decimals + 1``), ``None`` keeps full precision."""
+        def r(a, d):
+            a = np.asarray(a, dtype=np.float64)
+            return (a if d is None else np.round(a, d)).tolist()
+
+        ds = None if decimals is None else decimals + 1
+        return {"box": r(self.box, decimals), "detection_score": float(self.detection_score),
+                "landmarks": r(self.landmarks, decimals), "scores": r(self.scores, ds)}
+
+    @property
+    def score(self) -> float:
+        """Mean landmark score (a face/no-face hint for tracking)."""
+        return float(np.mean(self.scores)) if len(self.scores) else float("nan")
+
+
+@dataclass
+class _Job:
+    """One image's faces, prepared up to the network."""
+
+    boxes: np.ndarray        # float64 [N, 4]
+    det_scores: np.ndarray   # float64 [N]
+    crops: list              # N x Crop
+    images: list             # N x uint8 [S, S, 3]
+    shape: tuple             # (H, W)
+    timings: dict
+
+
+def _is_torchscript(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+def _check_model_dict(mf: dict) -> dict:
+    if not isinstance(mf, dict) or mf.get("format") != deploy.MODEL_FORMAT:
+        raise deploy.ModelFileError(f"model dict is not a pyflm model file (no format {deploy.MODEL_FORMAT!r})")
+    missing = [k for k in ("task", "model_kwargs", "state_dict", "meta") if k not in mf]
+    if missing:
+        raise deploy.ModelFileError(f"model dict lacks {missing}")
+    return mf
+
+
+def check_boxes(boxes, name: str = "boxes") -> np.ndarray:
+    """``boxes`` as float64 [N, 4] (one box [4] becomes [1, 4]; ``[]`` is [0, 4]).
+    ValueError naming ``name`` for a wrong shape or dtype, non-finite values
+    or x1 <= x0 / y1 <= y0."""
+    try:
+        a = np.asarray(boxes)
+    except ValueError as e:  # ragged nested lists
+        raise ValueError(f"{name} must be [N, 4] numbers: {e}") from None
+    if a.size == 0:
+        return np.zeros((0, 4), dtype=np.float64)
+    if a.dtype.kind not in "iuf":
+        raise ValueError(f"{name} must be real numbers, got dtype {a.dtype}")
+    if a.shape == (4,):
+        a = a[None]
+    if a.ndim != 2 or a.shape[1] != 4:
+        raise ValueError(f"{name} must be [N, 4] (x0, y0, x1, y1) or [4], got shape {a.shape}")
+    a = a.astype(np.float64)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} has non-finite values in rows {np.nonzero(~np.isfinite(a).all(1))[0].tolist()}")
+    bad = (a[:, 2] <= a[:, 0]) | (a[:, 3] <= a[:, 1])
+    if bad.any():
+        i = int(np.nonzero(bad)[0][0])
+        raise ValueError(f"{name}[{i}] = {a[i].tolist()} needs x1 > x0 and y1 > y0 (boxes are x0, y0, x1, y1)")
+    return a
+
+
+def tight_box(landmarks) -> np.ndarray:
+    """float64 [4]: the bounding box of points [K, 2]."""
+    p = np.asarray(landmarks, dtype=np.float64)
+    return np.concatenate([p.min(0), p.max(0)])
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+class FaceLandmarker:
+    """Detects faces and their 68 landmarks.
+
+    Args:
+        model: ``"default"`` (the bundled ``pyflm/weights/default.pt``), a path
+            to a model file (``.pt``, see :mod:`pyflm.deploy`) or to an exported
+            TorchScript predictor (``pyflm export``), or a model-file dict.
+        device: ``"cpu"`` or ``"cuda"`` (RuntimeError if CUDA is not available).
+        detector: ``"default"`` (OpenCV Haar), a name or callable understood
+            by :func:`pyflm.face_detection.get_face_detector`, or ``None``: then
+            every call must give ``boxes``.
+        max_batch_size: faces per network forward.
+        box_type: default box type for boxes (see the module docstring).
+        num_threads: if given, ``torch.set_num_threads(num_threads)`` (a
+            process-wide setting).
+
+    Raises :class:`pyflm.deploy.ModelFileError` (a ValueError) naming the file
+    for a missing, truncated or foreign model file.
+    """
+
+    def __init__(self, model: Any = "default", device: str = "cpu", detector: Any = "default",
+                 max_batch_size: int = 32, box_type: str | None = None, num_threads: int | None = None):
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"FaceLandmarker: device={device!r} asked for, but no CUDA device is available "
+                               "(torch.cuda.is_available() is False); use device='cpu'")
+        if not (isinstance(max_batch_size, int) and max_batch_size >= 1):
+            raise ValueError(f"max_batch_size must be an int >= 1, got {max_batch_size!r}")
+        if num_threads is not None:
+            if not (isinstance(num_threads, int) and num_threads >= 1):
+                raise ValueError(f"num_threads must be an int >= 1, got {num_threads!r}")
+            torch.set_num_threads(num_threads)
+        self.device = dev
+        self.max_batch_size = max_batch_size
+        self.predictor, self.meta, self.model_source = self._load(model, dev)
+        self.input_size = int(self.meta["input_size"])
+        self.num_landmarks = int(self.meta["num_landmarks"])
+        self.box_rules = {k: BoxToSquare(**v) for k, v in self.meta["crop"]["boxes"].items()}
+        lm_rule = self.meta["crop"].get("landmarks", {})
+        self.landmark_rule = (float(lm_rule.get("scale", 1.3)), str(lm_rule.get("center", "centroid")))
+        if box_type is not None:
+            self._rule(box_type)  # validate early
+        self.box_type = box_type
+        self.detector = get_face_detector(detector) if detector is not None else None
+        self._warned_fallback = False
+
+    @staticmethod
+    def _load(model, dev: torch.device):
+        if isinstance(model, dict):
+            mf, source = _check_model_dict(model), "<model dict>"
+        else:
+            path = deploy.default_model_path() if isinstance(model, str) and model == "default" else Path(model)
+            source = str(path)
+            if path.is_file() and _is_torchscript(path):
+                module, meta = deploy.load_torchscript(path, device=str(dev))
+                return module.eval(), meta, source
+            mf = deploy.load_model_file(path)
+        predictor = deploy.build_predictor(mf).to(dev).eval()
+        return predictor, mf["meta"], source
+
+    def __repr__(self) -> str:
+        det = getattr(self.detector, "name", None) if self.detector is not None else None
+        return (f"FaceLandmarker(model={self.model_source!r}, task={self.meta.get('task')!r}, "
+                f"input_size={self.input_size}, landmarks={self.num_landmarks}, device={str(self.device)!r}, "
+                f"detector={det!r}, box_types={sorted(self.box_rules)}, max_batch_size={self.max_batch_size})")
+
+    # ------------------------------------------------------------------ crop rules
+    def _rule(self, box_type: str) -> BoxToSquare:
+        try:
+            return self.box_rules[box_type]
+        except KeyError:
+            raise ValueError(f"unknown box_type {box_type!r}; this model has crop rules for "
+                             f"{sorted(self.box_rules)}") from None
+
+    def _detector_rule(self, box_type: str | None) -> BoxToSquare:
+        if box_type is not None:
+            return self._rule(box_type)
+        name = getattr(self.detector, "name", "custom")
+        if name in self.box_rules:
+            return self.box_rules[name]
+        if not self._warned_fallback:
+            warnings.warn(f"this model has no crop rule fitted for the {name!r} face detector (it has "
+                          f"{sorted(self.box_rules)}); using the 'tight' rule, landmarks may be less accurate",
+                          stacklevel=4)
+            self._warned_fallback = True
+        return self._rule("tight")
+
+    # ------------------------------------------------------------------ pipeline
+    def _prepare(self, image, boxes, box_type, input_order) -> _Job:
+        t0 = time.perf_counter()
+        img = load_image(image, input_order=input_order)
+        t1 = time.perf_counter()
+        box_type = box_type if box_type is not None else self.box_type
+        if boxes is not None:
+            b = check_boxes(boxes)
+            det = np.ones(len(b))
+            rule = self._rule(box_type if box_type is not None else "tight")
+        elif self.detector is None:
+            raise ValueError("this FaceLandmarker has no face detector (detector=None): pass boxes=[[x0, y0, x1, y1], ...]")
+        else:
+            b, det = self.detector(img)
+            b = check_boxes(b, "face detector boxes")
+            det = np.asarray(det, dtype=np.float64).reshape(-1)
+            rule = self._detector_rule(box_type)
+        t2 = time.perf_counter()
+        crops = [Crop.from_square(*rule(box), self.input_size) for box in b]
+        warped = [c.warp(img) for c in crops]
+        t3 = time.perf_counter()
+        timings = {"load": (t1 - t0) * 1e3, "detect": (t2 - t1) * 1e3 if boxes is None else 0.0,
+                   "crop": (t3 - t2) * 1e3}
+        return _Job(b, det, crops, warped, img.shape[:2], timings)
+
+    def _forward(self, images: list) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 crops -> (coords float64 [M, K, 2] crop px, scores float32 [M, K])."""
+        k = self.num_landmarks
+        if not images:
+            return np.zeros((0, k, 2)), np.zeros((0, k), dtype=np.float32)
+        coords, scores = [], []
+        with torch.inference_mode():
+            for i in range(0, len(images), self.max_batch_size):
+                x = torch.from_numpy(np.stack(images[i:i + self.max_batch_size])).to(self.device)
+                c, s = self.predictor(x)
+                coords.append(c.float().cpu().numpy().astype(np.float64))
+                scores.append(s.float().cpu().numpy())
+        return np.concatenate(coords), np.concatenate(scores)
+
+    def _faces(self, job: _Job, coords: np.ndarray, scores: np.ndarray) -> list[Face]:
+        return [Face(job.boxes[i].copy(), crop.to_image(coords[i]).astype(np.float32), scores[i].astype(np.float32),
+                     float(job.det_scores[i]) if i < len(job.det_scores) else 1.0)
+                for i, crop in enumerate(job.crops)]
+
+    def _finish(self, jobs: list) -> list:
+        """Run the network on the crops of ``jobs`` (a _Job or an Exception each);
+        returns list[Face] or the Exception per job, and adds "landmarks" and
+        "total" to each job's timings (the forward's time shared by crop count)."""
+        images = [im for j in jobs if isinstance(j, _Job) for im in j.images]
+        t0 = time.perf_counter()
+        coords, scores = self._forward(images)
+        per_crop = (time.perf_counter() - t0) * 1e3 / max(len(images), 1)
+        out, at = [], 0
+        for j in jobs:
+            if not isinstance(j, _Job):
+                out.append(j)
+                continue
+            n = len(j.images)
+            out.append(self._faces(j, coords[at:at + n], scores[at:at + n]))
+            at += n
+            j.timings["landmarks"] = per_crop * n
+            j.timings["total"] = sum(j.timings[k] for k in ("load", "detect", "crop", "landmarks"))
+        return out
+
+    # ------------------------------------------------------------------ public API
+    def detect(self, image, boxes=None, box_type: str | None = None, input_order: str = "bgr") -> list[Face]:
+        """Faces in one image.
+
+        Args:
+            image: a path, or a uint8 array [H, W, 3] (BGR, or RGB with
+                ``input_order="rgb"``; grey [H, W] and BGRA are converted).
+            boxes: face boxes [N, 4] or [4] (x0, y0, x1, y1); skips face
+                detection. ``[]`` gives ``[]``.
+            box_type: how to read ``boxes`` (module docstring).
+
+        Returns one :class:`Face` per box or detected face (``[]`` if none).
+        Raises FileNotFoundError / ValueError for an unreadable image or bad boxes.
+        """
+        return self._finish([self._prepare(image, boxes, box_type, input_order)])[0]
+
+    def detect_batch(self, images: Iterable, boxes=None, box_type: str | None = None,
+                     input_order: str = "bgr") -> list[list[Face]]:
+        """:meth:`detect` for several images, their crops batched together
+        (``max_batch_size`` per forward). ``boxes``: None or one entry per image
+        (None = detect, or [N, 4])."""
+        images = list(images)
+        if boxes is None:
+            boxes = [None] * len(images)
+        boxes = list(boxes)
+        if len(boxes) != len(images):
+            raise ValueError(f"boxes has {len(boxes)} entries for {len(images)} images")
+        jobs = [self._prepare(im, b, box_type, input_order) for im, b in zip(images, boxes)]
+        return self._finish(jobs)
+
+    def iter_detect(self, items: Iterable, box_type: str | None = None, input_order: str = "bgr",
+                    group: int | None = None) -> Iterator[tuple[Any, Any, dict, tuple]]:
+        """For ``items`` of ``(key, image, boxes_or_None)`` yield, in order,
+        ``(key, list[Face] or the Exception, timings_ms, (H, W) or None)``.
+        Errors of one item do not stop the others. Crops of up to ``group``
+        images (default ``max_batch_size``) share forwards."""
+        group = group or self.max_batch_size
+        pending: list = []
+
+        def flush():
+            results = self._finish([p[1] for p in pending])
+            for (key, job), res in zip(pending, results):
+                ok = isinstance(job, _Job)
+                yield key, res, (job.timings if ok else {}), (tuple(job.shape) if ok else None)
+            pending.clear()
+
+        for key, image, boxes in items:
+            try:
+                job: Any = self._prepare(image, boxes, box_type, input_order)
+            except (OSError, ValueError, RuntimeError) as e:
+                job = e
+            pending.append((key, job))
+            if len(pending) >= group:
+                yield from flush()
+        if pending:
+            yield from flush()
+
+    def detect_folder(self, folder, recursive: bool = False, progress: bool = True,
+                      box_type: str | None = None) -> dict[Path, list[Face] | Exception]:
+        """Every image of ``folder`` (see :func:`pyflm.io.iter_images`) ->
+        its faces, or the exception that stopped that file (the run goes on)."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"folder not found: {folder}")
+        paths = list(iter_images(folder, recursive=recursive))
+        it = self.iter_detect(((p, p, None) for p in paths), box_type=box_type)
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(it, total=len(paths), desc=f"pyflm {folder.name or folder}", unit="img")
+        return {key: res for key, res, _, _ in it}
+
+    def detect_video(self, source, smooth: bool = True, redetect_every: int = 0, min_cutoff: float = 1.0,
+                     beta: float = 0.05, d_cutoff: float = 1.0, min_score_ratio: float = 0.6,
+                     min_score: float | None = None, boxes=None, box_type: str | None = None,
+                     input_order: str = "bgr", fps: float = 30.0) -> Iterator[tuple[int, float, list[Face]]]:
+        """Landmarks through a video, tracking faces from frame to frame.
+
+        ``source``: a video file (anything :func:`pyflm.io.is_video` accepts
+        and OpenCV reads) or an iterable of frames (uint8 arrays; time stamps
+        ``index / fps``). Yields ``(frame_index, t_s, faces)``.
+
+        Faces are detected on the first frame (or taken from ``boxes``), then
+        each face's crop is re-made from its landmarks on the previous frame
+        (the model's landmark crop rule, no face detection). The detector runs
+        again every ``redetect_every`` frames (0: never on schedule), when no
+        face is tracked, and on the frame where a track is lost: its mean
+        landmark score falls below ``min_score`` if given, else below
+        ``min_score_ratio`` times the track's mean score when it was detected.
+        ``smooth``: a One-Euro filter (``min_cutoff`` Hz, ``beta``, ``d_cutoff``)
+        per face on the landmarks; the next crop uses the unsmoothed ones.
+        Without a detector (``detector=None``), lost faces stay lost.
+        """
+        if redetect_every < 0:
+            raise ValueError(f"redetect_every must be >= 0, got {redetect_every}")
+        if boxes is None and self.detector is None:
+            raise ValueError("detect_video without a face detector (detector=None) needs boxes for the first frame")
+        if isinstance(source, (str, Path)):
+            if not Path(source).is_file():
+                raise FileNotFoundError(f"video not found: {source}")
+            frames: Iterable = iter_video_frames(source)
+        else:
+            frames = ((i, i / fps, f) for i, f in enumerate(source))
+        return self._track_video(frames, smooth, redetect_every, min_cutoff, beta, d_cutoff, min_score_ratio,
+                                 min_score, boxes, box_type, input_order)
+
+    def _track_video(self, frames, smooth, redetect_every, min_cutoff, beta, d_cutoff, min_score_ratio, min_score,
+                     boxes, box_type, input_order) -> Iterator[tuple[int, float, list[Face]]]:
+        if boxes is not None:
+            boxes = check_boxes(boxes)
+        scale, center = self.landmark_rule
+        tracks: list[dict] = []
+        since_detection = 0
+
+        def new_tracks(faces: list[Face], old: list[dict]) -> list[dict]:
+            out = []
+            for f in faces:
+                fb = tight_box(f.landmarks)
+                match = max(old, key=lambda tr: _iou(fb, tight_box(tr["raw"])), default=None)
+                if match is not None and _iou(fb, tight_box(match["raw"])) > 0.3:
+                    old.remove(match)
+                    filt = match["filter"]
+                else:
+                    filt = OneEuroFilter(min_cutoff, beta, d_cutoff) if smooth else None
+                out.append({"raw": f.landmarks.astype(np.float64), "filter": filt, "ref": f.score,
+                            "det": f.detection_score})
+            return out
+
+        def output(tr: dict, f: Face, t: float, tracked: bool) -> Face:
+            pts = f.landmarks.astype(np.float64)
+            if tr["filter"] is not None:
+                pts = np.asarray(tr["filter"](pts, t), dtype=np.float64)
+            box = tight_box(pts) if tracked else f.box
+            return Face(box, pts.astype(np.float32), f.scores, tr["det"])
+
+        first = True
+        for index, t_s, frame in frames:
+            img = load_image(frame, input_order=input_order)
+            scheduled = bool(self.detector is not None and redetect_every and since_detection >= redetect_every)
+            if first and boxes is not None:
+                faces = self.detect(img, boxes=boxes, box_type=box_type)
+            elif tracks and not scheduled:
+                crops = [Crop.from_square(*square_from_landmarks(tr["raw"], scale, center), self.input_size)
+                         for tr in tracks]
+                coords, scores = self._forward([c.warp(img) for c in crops])
+                pts = [c.to_image(coords[i]) for i, c in enumerate(crops)]
+                tracked = [Face(tight_box(p), p.astype(np.float32), scores[i], tr["det"])
+                           for i, (p, tr) in enumerate(zip(pts, tracks))]
+                lost = [f.score < (min_score if min_score is not None else min_score_ratio * tr["ref"])
+                        for f, tr in zip(tracked, tracks)]
+                if not (any(lost) and self.detector is not None):
+                    tracks = [tr for tr, lo in zip(tracks, lost) if not lo]
+                    out = []
+                    for tr, f in zip(tracks, [f for f, lo in zip(tracked, lost) if not lo]):
+                        tr["raw"] = f.landmarks.astype(np.float64)
+                        out.append(output(tr, f, t_s, True))
+                    since_detection += 1
+                    first = False
+                    yield index, t_s, out
+                    continue
+                faces = self.detect(img, box_type=box_type)  # a track was lost: find the faces again
+            else:
+                faces = self.detect(img, box_type=box_type) if self.detector is not None else []
+            tracks = new_tracks(faces, list(tracks))
+            since_detection = 1
+            first = False
+            yield index, t_s, [output(tr, f, t_s, False) for tr, f in zip(tracks, faces)]
