@@ -23,10 +23,11 @@ Box types (``meta["crop"]["boxes"]``, one ``BoxToSquare`` rule each):
   (the default detector); other detectors by their ``name``.
 
 Boxes you pass are read as ``box_type`` (argument of ``detect``, else of the
-constructor, else ``"tight"``). Detector boxes use the detector's name; if the
-model has no rule fitted for that detector, the ``"tight"`` rule is used and a
-warning says so (landmarks are then less accurate). An unknown ``box_type`` is
-a ``ValueError`` listing the model's types.
+constructor, else ``"tight"``). Boxes from the face detector always use the
+rule named after the detector (``detector.name``); if the model has no rule
+fitted for it, the ``"tight"`` rule is used and a warning says so (landmarks
+are then less accurate). An unknown ``box_type`` is a ``ValueError`` listing
+the model's types.
 
 Coordinates: 0-based (x, y), pixel centres at integers (see :mod:`pyflm`);
 boxes are ``(x0, y0, x1, y1)`` in the same coordinates.
@@ -48,13 +49,9 @@ import torch
 from pyflm import deploy
 from pyflm.data.crops import BoxToSquare, Crop, square_from_landmarks
 
-try:  # TEMPORARY until branch `io` is merged
-    from pyflm.face_detection import get_face_detector
-    from pyflm.io import is_video, iter_images, iter_video_frames, load_image
-    from pyflm.smoothing import OneEuroFilter
-except ImportError:
-    from pyflm._pending_io import (OneEuroFilter, get_face_detector, is_video, iter_images,  # type: ignore
-                                   iter_video_frames, load_image)
+from pyflm.face_detection import get_face_detector
+from pyflm.io import iter_images, iter_video_frames, load_image
+from pyflm.smoothing import OneEuroFilter
 
 __all__ = ["Face", "FaceLandmarker"]
 
@@ -103,7 +100,7 @@ class _Job:
     det_scores: np.ndarray   # float64 [N]
     crops: list              # N x Crop
     images: list             # N x uint8 [S, S, 3]
-    shape: tuple             # (H, W)
+    image: np.ndarray        # the loaded uint8 BGR image [H, W, 3]
     timings: dict
 
 
@@ -178,7 +175,8 @@ class FaceLandmarker:
             by :func:`pyflm.face_detection.get_face_detector`, or ``None``: then
             every call must give ``boxes``.
         max_batch_size: faces per network forward.
-        box_type: default box type for boxes (see the module docstring).
+        box_type: how the boxes you pass are drawn, unless a call says
+            otherwise (default ``"tight"``; see the module docstring).
         num_threads: if given, ``torch.set_num_threads(num_threads)`` (a
             process-wide setting).
 
@@ -240,9 +238,7 @@ class FaceLandmarker:
             raise ValueError(f"unknown box_type {box_type!r}; this model has crop rules for "
                              f"{sorted(self.box_rules)}") from None
 
-    def _detector_rule(self, box_type: str | None) -> BoxToSquare:
-        if box_type is not None:
-            return self._rule(box_type)
+    def _detector_rule(self) -> BoxToSquare:
         name = getattr(self.detector, "name", "custom")
         if name in self.box_rules:
             return self.box_rules[name]
@@ -258,10 +254,10 @@ class FaceLandmarker:
         t0 = time.perf_counter()
         img = load_image(image, input_order=input_order)
         t1 = time.perf_counter()
-        box_type = box_type if box_type is not None else self.box_type
         if boxes is not None:
             b = check_boxes(boxes)
             det = np.ones(len(b))
+            box_type = box_type if box_type is not None else self.box_type
             rule = self._rule(box_type if box_type is not None else "tight")
         elif self.detector is None:
             raise ValueError("this FaceLandmarker has no face detector (detector=None): pass boxes=[[x0, y0, x1, y1], ...]")
@@ -269,14 +265,14 @@ class FaceLandmarker:
             b, det = self.detector(img)
             b = check_boxes(b, "face detector boxes")
             det = np.asarray(det, dtype=np.float64).reshape(-1)
-            rule = self._detector_rule(box_type)
+            rule = self._detector_rule()
         t2 = time.perf_counter()
         crops = [Crop.from_square(*rule(box), self.input_size) for box in b]
         warped = [c.warp(img) for c in crops]
         t3 = time.perf_counter()
         timings = {"load": (t1 - t0) * 1e3, "detect": (t2 - t1) * 1e3 if boxes is None else 0.0,
                    "crop": (t3 - t2) * 1e3}
-        return _Job(b, det, crops, warped, img.shape[:2], timings)
+        return _Job(b, det, crops, warped, img, timings)
 
     def _forward(self, images: list) -> tuple[np.ndarray, np.ndarray]:
         """uint8 crops -> (coords float64 [M, K, 2] crop px, scores float32 [M, K])."""
@@ -326,7 +322,8 @@ class FaceLandmarker:
                 ``input_order="rgb"``; grey [H, W] and BGRA are converted).
             boxes: face boxes [N, 4] or [4] (x0, y0, x1, y1); skips face
                 detection. ``[]`` gives ``[]``.
-            box_type: how to read ``boxes`` (module docstring).
+            box_type: how ``boxes`` are drawn (module docstring); not used
+                for detected faces.
 
         Returns one :class:`Face` per box or detected face (``[]`` if none).
         Raises FileNotFoundError / ValueError for an unreadable image or bad boxes.
@@ -347,12 +344,12 @@ class FaceLandmarker:
         jobs = [self._prepare(im, b, box_type, input_order) for im, b in zip(images, boxes)]
         return self._finish(jobs)
 
-    def iter_detect(self, items: Iterable, box_type: str | None = None, input_order: str = "bgr",
-                    group: int | None = None) -> Iterator[tuple[Any, Any, dict, tuple]]:
+    def _iter_detect(self, items: Iterable, box_type: str | None = None, input_order: str = "bgr",
+                     group: int | None = None) -> Iterator[tuple[Any, Any, dict, Any]]:
         """For ``items`` of ``(key, image, boxes_or_None)`` yield, in order,
-        ``(key, list[Face] or the Exception, timings_ms, (H, W) or None)``.
-        Errors of one item do not stop the others. Crops of up to ``group``
-        images (default ``max_batch_size``) share forwards."""
+        ``(key, list[Face] or the Exception, timings_ms, the loaded BGR image or
+        None)``. Errors of one item do not stop the others. Crops of up to
+        ``group`` images (default ``max_batch_size``) share forwards."""
         group = group or self.max_batch_size
         pending: list = []
 
@@ -360,13 +357,13 @@ class FaceLandmarker:
             results = self._finish([p[1] for p in pending])
             for (key, job), res in zip(pending, results):
                 ok = isinstance(job, _Job)
-                yield key, res, (job.timings if ok else {}), (tuple(job.shape) if ok else None)
+                yield key, res, (job.timings if ok else {}), (job.image if ok else None)
             pending.clear()
 
         for key, image, boxes in items:
             try:
                 job: Any = self._prepare(image, boxes, box_type, input_order)
-            except (OSError, ValueError, RuntimeError) as e:
+            except Exception as e:  # noqa: BLE001 (one bad file must not stop a folder)
                 job = e
             pending.append((key, job))
             if len(pending) >= group:
@@ -382,7 +379,7 @@ class FaceLandmarker:
         if not folder.is_dir():
             raise FileNotFoundError(f"folder not found: {folder}")
         paths = list(iter_images(folder, recursive=recursive))
-        it = self.iter_detect(((p, p, None) for p in paths), box_type=box_type)
+        it = self._iter_detect(((p, p, None) for p in paths), box_type=box_type)
         if progress:
             from tqdm import tqdm
 
