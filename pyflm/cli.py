@@ -353,16 +353,18 @@ def _demo_ops(args: argparse.Namespace) -> int:
     b, k, size = 8, 68, 64
     coords = (torch.rand(b, k, 2, generator=gen) * (size - 8) + 4).to(device)
     t0 = time.perf_counter()
-    heatmaps, mask = pyflm.heatmap_targets(coords, None, size, size, sigma=2.0, kind="gaussian")
+    heatmaps, _ = pyflm.heatmap_targets(coords, None, size, size, sigma=2.0, kind="gaussian")
     block = pyflm.DilatedSkipBlock(channels=k).to(device)
     with torch.no_grad():
         torch.nn.init.zeros_(block.layers[-1].weight)  # an untrained block: identity refinement
         torch.nn.init.zeros_(block.layers[-1].bias)
         refined = block(heatmaps)
-    soft_xy, conf = pyflm.soft_argmax(refined, temperature=0.05)
+    soft_xy, _ = pyflm.soft_argmax(refined, temperature=0.05)
     dark_xy, _ = pyflm.argmax_decode(refined, refine="dark")
     elapsed = time.perf_counter() - t0
-    err = lambda xy: (xy - coords).norm(dim=-1).mean().item()  # noqa: E731
+    def err(xy):
+        return (xy - coords).norm(dim=-1).mean().item()
+
     print(f"pyflm {pyflm.__version__}  compiled ops: {pyflm.HAS_OPS}  device: {device}")
     print(f"{b} x {k} landmarks -> heatmaps {tuple(heatmaps.shape)}; decode error soft-argmax "
           f"{err(soft_xy):.4f} px, argmax+DARK {err(dark_xy):.4f} px; {elapsed * 1e3:.1f} ms")
@@ -390,21 +392,65 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval(args: argparse.Namespace) -> int:
+def _predict_split(lm, samples, crops: str, min_iou: float, desc: str, quiet: bool):
+    """(pred, gt) lists of [68, 2] image-px arrays and the number of faces the
+    detector missed. ``crops="gt"``: the model's ground-truth crop rule;
+    ``"detector"``: the detected face matched to each annotation (IoU with the
+    tight box of its landmarks >= ``min_iou``)."""
     import numpy as np
 
-    from pyflm.data import load_split
     from pyflm.data.crops import Crop, square_from_landmarks
     from pyflm.face_detection import match_detections
     from pyflm.io import load_image
     from pyflm.landmarker import tight_box
+
+    preds, gts, missed, batch = [], [], 0, []
+    scale, center = lm.landmark_rule
+
+    def flush():
+        coords, _ = lm._forward([warped for _, warped, _ in batch])
+        for (crop, _, gt), xy in zip(batch, coords):
+            preds.append(crop.to_image(xy))
+            gts.append(gt)
+        batch.clear()
+
+    by_image: dict = {}
+    for s in samples:  # AFW-style images hold several annotated faces
+        by_image.setdefault(s.image_path, []).append(s)
+    for path, group in _progress(by_image.items(), len(by_image), desc, quiet):
+        img = load_image(path)
+        if crops == "gt":
+            for s in group:
+                crop = Crop.from_square(*square_from_landmarks(s.landmarks, scale, center), lm.input_size)
+                batch.append((crop, crop.warp(img), s.landmarks))
+            if len(batch) >= lm.max_batch_size:
+                flush()
+            continue
+        faces = lm.detect(img)
+        match = match_detections(np.array([f.box for f in faces]).reshape(-1, 4),
+                                 np.stack([tight_box(s.landmarks) for s in group]), min_iou=min_iou)
+        for s, m in zip(group, match):
+            if m < 0:
+                missed += 1
+            else:
+                preds.append(faces[m].landmarks.astype(np.float64))
+                gts.append(s.landmarks)
+    if batch:
+        flush()
+    return preds, gts, missed
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from pyflm.data import load_split
     from pyflm.metrics import evaluate, format_table
 
     detector = _detector_spec(args.detector) if args.crops == "detector" else None
     if args.crops == "detector" and detector is None:
         raise UsageError("--crops detector needs a face detector (not --detector none)")
     lm = _make_landmarker(args, detector=detector)
-    rows, extra = {}, {}
+    rows = {}
     for split in args.split:
         try:
             samples = load_split(split, root=args.root)
@@ -412,54 +458,22 @@ def _eval(args: argparse.Namespace) -> int:
             raise UsageError(f"split {split!r}: {e}") from None
         if args.limit:
             samples = samples[: args.limit]
-        preds, gts, missed = [], [], 0
-        scale, center = lm.landmark_rule
-        batch: list = []
-
-        def flush():
-            coords, _ = lm._forward([c[1] for c in batch])
-            for (crop, _, gt), xy in zip(batch, coords):
-                preds.append(crop.to_image(xy))
-                gts.append(gt)
-            batch.clear()
-
-        by_image: dict = {}
-        for s in samples:  # AFW-style images hold several annotated faces
-            by_image.setdefault(s.image_path, []).append(s)
-        for path, group in _progress(by_image.items(), len(by_image), split, args.quiet):
-            img = load_image(path)
-            if args.crops == "gt":
-                for s in group:
-                    crop = Crop.from_square(*square_from_landmarks(s.landmarks, scale, center), lm.input_size)
-                    batch.append((crop, crop.warp(img), s.landmarks))
-                if len(batch) >= lm.max_batch_size:
-                    flush()
-                continue
-            faces = lm.detect(img)
-            match = match_detections(np.array([f.box for f in faces]).reshape(-1, 4),
-                                     np.stack([tight_box(s.landmarks) for s in group]), min_iou=args.min_iou)
-            for s, m in zip(group, match):
-                if m < 0:
-                    missed += 1
-                else:
-                    preds.append(faces[m].landmarks.astype(np.float64))
-                    gts.append(s.landmarks)
-        if batch:
-            flush()
+        t0 = time.perf_counter()
+        preds, gts, missed = _predict_split(lm, samples, args.crops, args.min_iou, split, args.quiet)
         name = f"{split} ({args.crops} crops)"
+        rows[name] = {"n": 0}
         if preds:
             m = evaluate(np.stack(preds), np.stack(gts), scheme=samples[0].scheme)
             rows[name] = {k: v for k, v in m.items() if k != "per_image"}
-        else:
-            rows[name] = {"n": 0}
         if args.crops == "detector":
             rows[name]["miss rate"] = missed / max(len(samples), 1)
-        extra[name] = len(samples)
+        rows[name]["s"] = round(time.perf_counter() - t0, 1)
     cols = ["nme", "eye_nme", "fr@0.08", "fr@0.1", "auc@0.07", "auc@0.08", "auc@0.1"]
     if args.crops == "detector":
         cols.append("miss rate")
-    print(f"{lm!r}\nNME normalised by the outer eye corners (inter-ocular); FR/AUC of that NME")
-    print(format_table(rows, columns=cols + ["n"], percent=cols, row_header="Split"))
+    print(f"{lm!r}\nNME normalised by the outer eye corners (inter-ocular); FR/AUC of that NME; "
+          f"n = faces evaluated; s = seconds")
+    print(format_table(rows, columns=[*cols, "n", "s"], percent=cols, row_header="Split"))
     return 0
 
 
@@ -484,7 +498,7 @@ def _bench(args: argparse.Namespace) -> int:
     print(f"{'threads':>7}  {'detect(boxes) ms/face':>21}  {'network ms/face':>15}  {'face detector ms':>16}")
     boxes = np.repeat(box, args.faces, axis=0)
     for n in args.thread_counts:
-        def median_ms(stmt, **g):
+        def median_ms(stmt, n=n, **g):
             t = benchmark.Timer(stmt=stmt, globals=g, num_threads=n)
             return t.blocked_autorange(min_run_time=args.min_time).median * 1e3
 

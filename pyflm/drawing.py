@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-__all__ = ["draw_faces", "CONTOURS_68"]
+__all__ = ["CONTOURS_68", "draw_faces"]
 
 # 68-point (iBUG / 300-W) contours: (first, last, closed)
 CONTOURS_68 = {

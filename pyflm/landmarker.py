@@ -48,7 +48,6 @@ import torch
 
 from pyflm import deploy
 from pyflm.data.crops import BoxToSquare, Crop, square_from_landmarks
-
 from pyflm.face_detection import get_face_detector
 from pyflm.io import iter_images, iter_video_frames, load_image
 from pyflm.smoothing import OneEuroFilter

@@ -236,7 +236,7 @@ def test_bad_images(nodet, tmp_path):
     with pytest.raises(ValueError, match="corrupt.jpg"):
         nodet.detect(bad, boxes=box)
     with pytest.raises(ValueError):
-        nodet.detect(np.zeros((10, 10, 3), np.float32) + 0.5, boxes=box)  # only uint8/uint16 images
+        nodet.detect(np.zeros((10, 10, 3), np.float32) + 100, boxes=box)  # float images must be in [0, 1]
     with pytest.raises(ValueError):
         nodet.detect(np.zeros((10, 10, 5), np.uint8), boxes=box)
 
