@@ -200,9 +200,12 @@ class FaceLandmarker:
         self.predictor, self.meta, self.model_source = self._load(model, dev)
         self.input_size = int(self.meta["input_size"])
         self.num_landmarks = int(self.meta["num_landmarks"])
-        self.box_rules = {k: BoxToSquare(**v) for k, v in self.meta["crop"]["boxes"].items()}
-        lm_rule = self.meta["crop"].get("landmarks", {})
+        crop_meta = self.meta.get("crop", {})
+        lm_rule = crop_meta.get("landmarks", {})
         self.landmark_rule = (float(lm_rule.get("scale", 1.3)), str(lm_rule.get("center", "centroid")))
+        self.box_rules = {k: BoxToSquare(**v) for k, v in crop_meta.get("boxes", {}).items()}
+        # every model reads tight landmark boxes: the training square is scale x their larger side
+        self.box_rules.setdefault("tight", BoxToSquare(0.0, 0.0, self.landmark_rule[0], "max"))
         if box_type is not None:
             self._rule(box_type)  # validate early
         self.box_type = box_type

@@ -442,3 +442,12 @@ def test_real_300w_image_tight_box(nodet):
     f = nodet.detect(s.image_path, boxes=[box], box_type="tight")[0]
     e = float(nme(f.landmarks, s.landmarks)[0])
     assert math.isfinite(e) and e < 0.15
+
+
+def test_model_without_box_rules_gets_tight(rng):
+    mf = deploy.load_model_file(deploy.default_model_path())
+    mf["meta"] = {k: v for k, v in mf["meta"].items() if k != "crop"}
+    lm = FaceLandmarker(model=mf, detector=None)
+    assert lm.box_rules["tight"].scale == 1.3 and lm.landmark_rule == (1.3, "centroid")
+    img = rng.integers(0, 256, (80, 80, 3), dtype=np.uint8)
+    assert len(lm.detect(img, boxes=[[10, 10, 60, 60]])) == 1
