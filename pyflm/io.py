@@ -50,6 +50,7 @@ __all__ = [
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 _ORDERS = ("bgr", "rgb")
+_SIXTEEN_BIT_EXTENSIONS = (".png", ".tif", ".tiff")
 
 
 def _check_order(value: str, arg: str) -> str:
@@ -238,8 +239,8 @@ def _write_bytes_atomic(path: Path, data: bytes) -> None:
 
 
 def write_image_atomic(path, image: np.ndarray, params: list[int] | None = None) -> None:
-    """Encode ``image`` (an array cv2.imencode accepts: uint8 BGR / grey / BGRA,
-    uint16 for PNG / TIFF) in the format of ``path``'s extension and write it
+    """Encode ``image`` (uint8 BGR [H, W, 3], grey [H, W] or BGRA [H, W, 4];
+    uint16 too for .png / .tif / .tiff; other dtypes raise ValueError) in the format of ``path``'s extension and write it
     atomically (parent folders created). ``params`` go to cv2.imencode, e.g.
     ``[cv2.IMWRITE_JPEG_QUALITY, 95]``. Unknown extensions or arrays the
     encoder refuses raise ValueError naming the path."""
@@ -253,6 +254,10 @@ def write_image_atomic(path, image: np.ndarray, params: list[int] | None = None)
     ext = path.suffix.lower()
     if not ext:
         raise ValueError(f"{path}: no file extension, cannot choose an image format")
+    # cv2.imencode silently truncates other depths to 8 bit, so refuse them here
+    if image.dtype != np.uint8 and not (image.dtype == np.uint16 and ext in _SIXTEEN_BIT_EXTENSIONS):
+        raise ValueError(f"{path}: cannot write dtype {image.dtype} as {ext} (uint8, or uint16 for "
+                         f"{'/'.join(_SIXTEEN_BIT_EXTENSIONS)}); convert with pyflm.io.to_bgr_uint8")
     try:
         ok, buf = cv2.imencode(ext, np.ascontiguousarray(image), params or [])
     except cv2.error as e:
