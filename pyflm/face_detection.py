@@ -120,7 +120,10 @@ class HaarFaceDetector(FaceDetector):
         path = Path(cascade) if cascade is not None else Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
         if not path.is_file():
             raise FileNotFoundError(f"Haar cascade file not found: {path}")
-        self._cascade = cv2.CascadeClassifier(str(path))
+        try:
+            self._cascade = cv2.CascadeClassifier(str(path))
+        except (cv2.error, SystemError) as e:  # a malformed XML raises from inside the constructor
+            raise ValueError(f"cannot load Haar cascade (not a cascade XML?): {path} ({e})") from None
         if self._cascade.empty():
             raise ValueError(f"cannot load Haar cascade (not a cascade XML?): {path}")
         self.cascade_path = path
