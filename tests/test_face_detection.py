@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import sys
 import types
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from pyflm.data import BoxToSquare
 from pyflm.face_detection import (
     DETECTOR_NAMES,
     CallableDetector,
@@ -340,3 +342,66 @@ def test_match_recovers_jittered_permutation(rng):
     m = match_detections(dets, gt, 0.3)
     assert np.all(m >= 0) and len(set(m.tolist())) == n
     np.testing.assert_allclose(dets[m], gt, atol=15)
+
+
+# ---------------------------------------------------------------- training.fit_detector_crops
+
+
+def _synthetic_split(tmp_path, rng, n=12):
+    """n images (unique widths) with random 68-point faces in a folder of image + .pts pairs; returns
+    (folder, {width: ground-truth square (cx, cy, side)})."""
+    from pyflm.data import square_from_landmarks, write_pts
+    from pyflm.io import write_image_atomic
+
+    squares = {}
+    for i in range(n):
+        w, h = 200 + i, 220
+        lm = rng.uniform([40, 50], [40 + rng.uniform(60, 100), 50 + rng.uniform(60, 110)], (68, 2))
+        write_image_atomic(tmp_path / f"f{i:02d}.png", rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        write_pts(tmp_path / f"f{i:02d}.pts", lm)  # 1-based on disk, read back 0-based
+        squares[w] = square_from_landmarks(lm, 1.3, "centroid")
+    return tmp_path, squares
+
+
+def test_fit_detector_crops_recovers_a_known_rule(tmp_path, rng):
+    from training.fit_detector_crops import crop_quality, run
+
+    folder, squares = _synthetic_split(tmp_path, rng)
+    widths = sorted(squares)
+
+    def fake_detector(img):
+        w = img.shape[1]
+        if w == widths[0]:
+            return []  # one face missed
+        cx, cy, s = squares[w]
+        b = s / 1.2  # square box, shifted up-left of the true crop: dx = 0.12, dy = 0.06, scale = 1.2
+        x0, y0 = cx - 0.1 * s - b / 2, cy - 0.05 * s - b / 2
+        return [[x0, y0, x0 + b, y0 + b], [150, 150, 190, 190]], [0.9, 0.95]  # plus a distractor
+
+    report, boxes = run(CallableDetector(fake_detector, name="fake"), split=str(folder), progress=False)
+    rule = report["rule"]
+    assert report["detector"] == "fake"
+    np.testing.assert_allclose([rule["dx"], rule["dy"], rule["scale"]], [0.12, 0.06, 1.2], atol=1e-6)
+    fit = report["fit"]
+    assert fit["faces"] == 12 and fit["detected"] == 11 and fit["images"] == 12
+    assert fit["detections"] == 22 and fit["unmatched_detections"] == 11
+    assert fit["detector_crops"]["centre_error"]["p90"] < 1e-6 and fit["detector_crops"]["side_error"]["p90"] < 1e-6
+    assert fit["tight_crops"]["side_error"]["p90"] < 1e-9  # tight rule: side is exactly 1.3 x max extent
+    assert report["tight_rule"]["scale"] == pytest.approx(1.3)
+    assert len(boxes) == 11 and all(Path(p).suffix == ".png" for p in boxes)
+    assert crop_quality(BoxToSquare(), np.zeros((0, 4)), np.zeros((0, 68, 2))) == {"faces": 0}
+    # --max-images keeps whole images spread over the split
+    small, _ = run(CallableDetector(fake_detector, name="fake"), split=str(folder), max_images=3, progress=False)
+    assert small["fit"]["images"] == 3
+
+
+def test_fit_detector_crops_cli(tmp_path, rng, capsys):
+    from training.fit_detector_crops import main
+
+    folder, _ = _synthetic_split(tmp_path / "data", rng, n=3)
+    # Haar finds no face on noise: a clear error, exit code 2, no report written
+    out = tmp_path / "r.json"
+    assert main(["--detector", "haar", "--split", str(folder), "--out", str(out), "--no-progress"]) == 2
+    assert "no face" in capsys.readouterr().err and not out.exists()
+    assert main(["--detector", "nope", "--split", str(folder), "--no-progress"]) == 2
+    assert "valid names" in capsys.readouterr().err
