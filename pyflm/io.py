@@ -189,7 +189,9 @@ def iter_video_frames(path) -> Iterator[tuple[int, float, np.ndarray]]:
     (``CAP_PROP_POS_MSEC`` after reading it) when the backend reports an
     increasing one, else ``index / fps``. The capture is released when the
     iteration ends, fails, or the generator is closed/garbage-collected.
-    Missing files raise FileNotFoundError; files OpenCV cannot open ValueError.
+    Missing files raise FileNotFoundError; files OpenCV cannot open ValueError
+    (a generator: both are raised by the first ``next()``, i.e. when the
+    ``for`` loop starts).
     """
     import cv2
 
