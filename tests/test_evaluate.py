@@ -80,7 +80,7 @@ def test_table_rows_splits_columns_models(split, capsys):
 
 def test_detector_crops(tmp_path, split):
     folder, samples = split
-    with pytest.raises(NotImplementedError, match="no face detector"):
+    with pytest.raises(NotImplementedError, match="need --detector"):
         E.evaluate_models({"m": {"predict": lambda b: b["landmarks"], "input_size": S}}, {"t": samples},
                           crops="detector", verbose=False)
     # boxes from the landmarks' bounding box: predictions of GT still map back exactly
@@ -91,6 +91,30 @@ def test_detector_crops(tmp_path, split):
     res = E.evaluate_models({"m": {"predict": lambda b: b["landmarks"], "input_size": S}}, {"t": samples},
                             crops=lookup, boxes_rule=rule, verbose=False)
     assert res["m"]["t"]["nme"] < 1e-12
+
+
+def test_detector_boxes_counts_misses(tmp_path, split):
+    folder, samples = split
+    assert len({str(x.image_path) for x in samples}) == len(samples)  # one face per image
+    calls = []
+
+    def detector(image):  # called once per image, in sample order; "misses" the first face
+        i = len(calls)
+        calls.append(image.shape)
+        if i == 0:
+            return np.zeros((0, 4))
+        lm = samples[i].landmarks
+        return np.array([[*lm.min(0), *lm.max(0)]])
+
+    kept, stats = E.detector_boxes({"t": samples}, detector, out_file=tmp_path / "boxes.json")
+    assert len(calls) == len(samples)
+    assert stats["t"] == {"faces": len(samples), "detected": len(samples) - 1, "detection_misses": 1,
+                          "detected_fraction": (len(samples) - 1) / len(samples)}
+    assert [str(x.image_path) for x in kept["t"]] == [str(x.image_path) for x in samples[1:]]
+    saved = json.loads((tmp_path / "boxes.json").read_text())
+    assert str(samples[0].image_path) not in saved and len(saved) == len(samples) - 1
+    lookup, _ = E.load_boxes(tmp_path / "boxes.json")
+    np.testing.assert_allclose(lookup(samples[1]), [*samples[1].landmarks.min(0), *samples[1].landmarks.max(0)])
 
 
 def test_cli_from_checkpoint(tmp_path, split, capsys):

@@ -21,17 +21,24 @@ Outputs in ``--out`` (default: ``eval`` beside the first checkpoint):
 the image paths), ``ced_<split>.png`` (one curve per model; path characters replaced by _), and a
 paper-1 Table-2-style table on stdout (rows: splits, columns: models).
 
-Detector crops: the face detector is not part of pyflm yet, so
-``--crops detector`` needs ``--boxes FILE``: a JSON object mapping image file
-names (or full paths) to ``[x_min, y_min, x_max, y_max]``, with an optional
-``"__rule__": {"dx": .., "dy": .., "scale": .., "size": "max"}`` (a
-pyflm.data.BoxToSquare fitted to ground truth); without it the command stops
-with NotImplementedError. From Python, pass any callable ``sample -> box``.
+Detector crops (``--crops detector``): ``--detector haar`` runs that face
+detector (pyflm.face_detection) on every image, matches its boxes to the
+annotated faces (IoU >= 0.3 with the landmarks' bounding box) and crops with
+the box -> square rule fitted on the *training* images by
+``python -m training.fit_detector_crops`` (``--rule FILE``, default
+``runs/detector_crops/<detector>.json``). Faces the detector misses are left
+out of the NME and reported as ``detection_misses`` / ``detected_fraction``;
+the boxes used are written to ``<out>/boxes_<detector>.json``. Or give
+``--boxes FILE``: a JSON object mapping image file names (or full paths) to
+``[x_min, y_min, x_max, y_max]``, with an optional ``"__rule__": {"dx": ..,
+"dy": .., "scale": .., "size": "max"}`` (a pyflm.data.BoxToSquare). From
+Python, pass any callable ``sample -> box``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
@@ -78,8 +85,8 @@ def _crop_fn(crops, boxes_rule=None):
         return lambda s: rule(crops(s))
     if crops == "detector":
         raise NotImplementedError(
-            "detector crops: pyflm has no face detector yet; pass --boxes FILE (JSON: image name -> "
-            "[x_min, y_min, x_max, y_max]) or use --crops gt")
+            "detector crops need --detector NAME (with its fitted --rule) or --boxes FILE (JSON: image name -> "
+            "[x_min, y_min, x_max, y_max])")
     raise ValueError(f"crops must be 'gt', 'detector' or a callable, got {crops!r}")
 
 
@@ -174,6 +181,12 @@ def evaluate_models(models: Mapping[str, dict], splits: Mapping[str, Sequence[Sa
     return results
 
 
+def _add_detection_stats(results_file: Path, stats: dict, detector: str, rule: BoxToSquare) -> None:
+    data = json.loads(results_file.read_text(encoding="utf-8"))
+    data["_meta"]["detector"] = {"name": detector, "rule": dataclasses.asdict(rule), "splits": stats}
+    _atomic_write(results_file, lambda f: f.write(json.dumps(data, indent=2).encode()))
+
+
 def _file_safe(name: str) -> str:
     """A split name (or a folder path given as one) as a file-name part."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "split"
@@ -199,12 +212,46 @@ def summary_table(results: Mapping[str, Mapping[str, dict]], metric: str = "nme"
     return "\n".join(parts)
 
 
+def detector_boxes(splits: Mapping[str, Sequence[Sample]], detector: str = "haar", min_iou: float = 0.3,
+                   out_file=None) -> tuple[dict, dict]:
+    """Run ``detector`` once per image of all ``splits`` and match its boxes to
+    the faces. Returns ({split: detected samples}, {split: {"faces",
+    "detected", "detection_misses", "detected_fraction"}}); with ``out_file``
+    also writes the matched boxes (``--boxes`` format) atomically."""
+    from pyflm.face_detection import get_face_detector
+    from pyflm.io import write_json_atomic
+    from training.fit_detector_crops import detect_faces
+
+    every = {str(s.image_path): s for samples in splits.values() for s in samples}
+    samples = list(every.values())
+    found = detect_faces(samples, get_face_detector(detector), min_iou)
+    box_of = {str(s.image_path): b for s, b in zip(samples, found["boxes"]) if np.isfinite(b).all()}
+    kept, stats = {}, {}
+    for name, ss in splits.items():
+        kept[name] = [s for s in ss if str(s.image_path) in box_of]
+        n, d = len(ss), len(kept[name])
+        stats[name] = {"faces": n, "detected": d, "detection_misses": n - d, "detected_fraction": d / max(n, 1)}
+    if out_file is not None:
+        write_json_atomic(out_file, {k: [float(v) for v in b] for k, b in box_of.items()})
+    return kept, stats
+
+
+def _load_rule(path) -> BoxToSquare:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no fitted box rule at {path}: run python -m training.fit_detector_crops first")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return BoxToSquare(**data.get("rule", data))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", nargs="+", required=True, help="one or more checkpoints (best.pt / last.pt)")
     p.add_argument("--splits", nargs="+", default=["common", "helen-test", "lfpw-test"])
     p.add_argument("--crops", choices=("gt", "detector"), default="gt")
     p.add_argument("--boxes", default=None, help="boxes JSON for --crops detector")
+    p.add_argument("--detector", default=None, help="face detector for --crops detector (e.g. haar)")
+    p.add_argument("--rule", default=None, help="fitted box rule JSON (default runs/detector_crops/<detector>.json)")
     p.add_argument("--out", default=None)
     p.add_argument("--root", default=None, help="data root (default PYFLM_DATA or ../shared/data)")
     p.add_argument("--device", default=None)
@@ -213,12 +260,19 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        crops, rule = args.crops, None
-        if args.crops == "detector":
-            if args.boxes is None:
-                _crop_fn("detector")
-            crops, rule = load_boxes(args.boxes)
+        crops, rule, det_stats = args.crops, None, None
         splits = {name: load_split(name, root=args.root) for name in args.splits}
+        out = Path(args.out) if args.out else Path(args.checkpoint[0]).parent / "eval"
+        if args.crops == "detector":
+            if args.detector is not None:
+                rule = _load_rule(args.rule or f"runs/detector_crops/{args.detector}.json")
+                boxes_file = out / f"boxes_{args.detector}.json"
+                splits, det_stats = detector_boxes(splits, args.detector, out_file=boxes_file)
+                crops, _ = load_boxes(boxes_file)
+            elif args.boxes is None:
+                _crop_fn("detector")
+            else:
+                crops, rule = load_boxes(args.boxes)
         models = {}
         for path in args.checkpoint:
             ckpt = load_checkpoint(path, map_location="cpu")
@@ -230,9 +284,16 @@ def main(argv=None) -> int:
                 label = f"{label}/{Path(path).stem}"
             models[label] = {"predict": task_predictor(task, device), "input_size": int(task.input_size),
                              "crop_scale": d["crop_scale"], "crop_center": d["crop_center"], "mean": mean, "std": std}
-        out = Path(args.out) if args.out else Path(args.checkpoint[0]).parent / "eval"
-        evaluate_models(models, splits, out, crops=crops, boxes_rule=rule, batch_size=args.batch_size,
-                        num_workers=args.workers)
+        results = evaluate_models(models, splits, out, crops=crops, boxes_rule=rule, batch_size=args.batch_size,
+                                  num_workers=args.workers)
+        if det_stats is not None:
+            print(f"\n{args.detector} detections (faces missed are not in the NME):")
+            for name, st in det_stats.items():
+                print(f"  {name}: {st['detected']}/{st['faces']} detected, {st['detection_misses']} missed")
+            _add_detection_stats(out / "results.json", det_stats, args.detector, rule)
+            for label in results:  # the detection stats beside each model's metrics
+                for name, st in det_stats.items():
+                    results[label][name].update(st)
         print(f"\nwrote {out / 'results.json'} and CED plots to {out}")
     except NotImplementedError as e:
         print(f"training.evaluate: {e}", file=sys.stderr)

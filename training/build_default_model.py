@@ -1,0 +1,109 @@
+"""Train, evaluate and package pyflm's bundled default model in one command.
+
+    python -m training.build_default_model [--out runs/default] [--skip-train]
+        [--device cpu|cuda] [--root DATA]
+
+Steps (each writes under ``--out``; a finished step's outputs are reused with
+``--skip-train`` / when present):
+
+1. ``training.train --config training/configs/default.toml`` (the compact
+   heatmap model, 300-W train minus a held-out 10%);
+2. ``training.fit_detector_crops --detector haar`` on the 300-W train images:
+   the Haar box -> crop rule (and the tight-landmark-box rule);
+3. ``training.evaluate`` of ``best.pt`` on the 300-W common, HELEN and LFPW
+   test sets, with ground-truth crops and with Haar detector crops;
+4. the model file ``pyflm/weights/default.pt`` (:mod:`pyflm.deploy` format):
+   weights, the fitted crop rules and the measured accuracy in its meta, so
+   ``pyflm info`` shows them.
+
+The data are the 300-W images in ``../shared/data`` (or ``--root``); their
+licence (non-commercial research) carries over to the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pyflm import deploy
+
+__all__ = ["package", "main"]
+
+DATA_LICENCE = ("Trained on the 300-W training images (AFW, HELEN, LFPW; iBUG annotations), which are licensed "
+                "for non-commercial research only; the weights carry the same restriction.")
+SPLITS = ("common", "helen-test", "lfpw-test")
+KEPT = ("nme", "eye_nme", "fr@0.08", "fr@0.1", "auc@0.08", "n", "detected", "detection_misses", "detected_fraction")
+
+
+def _metrics(results_file: Path) -> dict:
+    data = json.loads(Path(results_file).read_text(encoding="utf-8"))
+    (label,) = [k for k in data if not k.startswith("_")]
+    out = {split: {k: m[k] for k in KEPT if k in m} for split, m in data[label].items()}
+    det = data.get("_meta", {}).get("detector")
+    if det:
+        for split, st in det["splits"].items():
+            out.setdefault(split, {}).update(st)
+    return out
+
+
+def package(checkpoint, rules_file, out_file, eval_gt=None, eval_detector=None) -> Path:
+    """Write the bundled model file from a training checkpoint, the fitted crop
+    rules (fit_detector_crops JSON) and evaluation results (evaluate JSON)."""
+    mf = deploy.load_model_file(checkpoint)
+    meta = mf["meta"]
+    rules = json.loads(Path(rules_file).read_text(encoding="utf-8"))
+    meta["crop"]["boxes"]["tight"] = rules["tight_rule"]
+    meta["crop"]["boxes"][rules["detector"]] = rules["rule"]
+    meta["crop"]["fitted_on"] = {"split": rules.get("split"), "detected_fraction": rules["fit"]["detected_fraction"]}
+    metrics = {}
+    if eval_gt:
+        metrics["gt_crops"] = _metrics(eval_gt)
+    if eval_detector:
+        metrics[f"{rules['detector']}_crops"] = _metrics(eval_detector)
+    meta["metrics"] = metrics
+    meta["metrics_note"] = "fractions; nme = inter-ocular (outer eye corners 36, 45); 300-W test sets"
+    meta["licence"] = DATA_LICENCE
+    meta["training"]["source"] = "training/configs/default.toml"
+    return deploy.save_model_file(out_file, mf["task"], mf["model_kwargs"], mf["state_dict"], meta)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.build_default_model", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="runs/default", help="run folder (default runs/default)")
+    p.add_argument("--model-out", default=str(deploy.default_model_path()), help="model file to write")
+    p.add_argument("--skip-train", action="store_true", help="use <out>/best.pt as it is")
+    p.add_argument("--device", default=None)
+    p.add_argument("--root", default=None, help="data root (default PYFLM_DATA or ../shared/data)")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    root = ["--root", args.root] if args.root else []
+    from training import evaluate, fit_detector_crops, train
+
+    if not args.skip_train:
+        resume = ["--resume"] if (out / "last.pt").is_file() else []  # an interrupted run goes on
+        rc = train.main(["--config", "training/configs/default.toml", "--out", str(out), *resume,
+                         *(["--device", args.device] if args.device else [])])
+        if rc:
+            return rc
+    rules = out / "detector_crops" / "haar.json"
+    if not rules.is_file():
+        rc = fit_detector_crops.main(["--detector", "haar", "--split", "300w-train", "--out", str(rules), *root])
+        if rc:
+            return rc
+    dev = ["--device", args.device] if args.device else []
+    for crops, folder in (("gt", "eval"), ("detector", "eval-haar")):
+        extra = ["--detector", "haar", "--rule", str(rules)] if crops == "detector" else []
+        rc = evaluate.main(["--checkpoint", str(out / "best.pt"), "--splits", *SPLITS, "--crops", crops, *extra,
+                            "--out", str(out / folder), *dev, *root])
+        if rc:
+            return rc
+    path = package(out / "best.pt", rules, args.model_out, out / "eval" / "results.json",
+                   out / "eval-haar" / "results.json")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
