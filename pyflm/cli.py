@@ -60,8 +60,8 @@ import torch
 
 DEFAULT_OUT = "pyflm_output"
 SCHEMA_VERSION = 1
-LICENCE_NOTE = ("code: Apache-2.0; bundled model weights: trained on 300-W images, "
-                "for non-commercial research use only")
+CODE_LICENCE = "Apache-2.0"
+WEIGHTS_LICENCE = "bundled weights: trained on 300-W images, for non-commercial research use only"
 
 
 class UsageError(Exception):
@@ -536,9 +536,10 @@ def _model_card(model) -> dict:
     card = {"path": str(path), "task": meta.get("task"), "input_size": meta.get("input_size"),
             "input": meta.get("input"), "num_landmarks": meta.get("num_landmarks"), "scheme": meta.get("scheme"),
             "box_types": sorted(meta.get("crop", {}).get("boxes", {})), "coordinates": meta.get("coordinates"),
-            "licence": LICENCE_NOTE}
+            "licence": {"code": CODE_LICENCE, "weights": meta.get("licence", WEIGHTS_LICENCE)}}
     if "metrics" in meta:
         card["metrics"] = meta["metrics"]
+        card["metrics_note"] = meta.get("metrics_note", "fractions")
     training = meta.get("training") or {}
     if training:
         card["training"] = {"step": training.get("step"), "source": training.get("source")}

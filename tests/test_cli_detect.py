@@ -227,8 +227,10 @@ def test_export(tmp_path, capsys):
 def test_info(capsys):
     assert run("info") == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["model"]["input_size"] == 160 and info["model"]["num_landmarks"] == 68
-    assert "non-commercial" in info["model"]["licence"] and "devices" in info
+    meta = deploy.load_model_file(deploy.default_model_path())["meta"]
+    assert info["model"]["input_size"] == meta["input_size"] and info["model"]["num_landmarks"] == 68
+    assert "non-commercial" in info["model"]["licence"]["weights"] and "devices" in info
+    assert info["model"]["box_types"] == sorted(meta["crop"]["boxes"])
 
 
 def test_bench(capsys):
