@@ -384,7 +384,11 @@ def _export(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda asked for, but no CUDA device is available")
-    path = deploy.export_torchscript(mf, args.out, device=args.device)
+    try:
+        path = deploy.export_torchscript(mf, args.out, device=args.device)
+    except RuntimeError as e:  # e.g. no compiled op library in this install
+        _err(f"export: {e}")
+        return 1
     meta = mf["meta"]
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): task {meta['task']}, input "
           f"{meta['input_size']}x{meta['input_size']} uint8 BGR, {meta['num_landmarks']} landmarks, "
