@@ -162,6 +162,21 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
+def _frozen(predictor):
+    """TorchScript + freeze (see FaceLandmarker's ``optimize``); eager on failure."""
+    from pyflm import _library
+
+    if not _library.HAS_OPS:
+        return predictor
+    try:
+        scripted = predictor if isinstance(predictor, torch.jit.ScriptModule) else torch.jit.script(predictor)
+        return torch.jit.freeze(scripted.eval())
+    except Exception as e:  # a custom network TorchScript cannot compile: still usable eagerly
+        warnings.warn(f"FaceLandmarker: could not compile the predictor with TorchScript ({e}); running it eagerly",
+                      stacklevel=3)
+        return predictor
+
+
 class FaceLandmarker:
     """Detects faces and their 68 landmarks.
 
@@ -178,13 +193,19 @@ class FaceLandmarker:
             otherwise (default ``"tight"``; see the module docstring).
         num_threads: if given, ``torch.set_num_threads(num_threads)`` (a
             process-wide setting).
+        optimize: compile the predictor with TorchScript and freeze it (folds
+            batch norm into the convolutions, constant weights): about 2-3x
+            faster on the CPU than eager PyTorch for the default model. Needs
+            the compiled op library; falls back to eager (with a warning) if
+            compiling fails. Results match eager within ~1e-4 px.
 
     Raises :class:`pyflm.deploy.ModelFileError` (a ValueError) naming the file
     for a missing, truncated or foreign model file.
     """
 
     def __init__(self, model: Any = "default", device: str = "cpu", detector: Any = "default",
-                 max_batch_size: int = 32, box_type: str | None = None, num_threads: int | None = None):
+                 max_batch_size: int = 32, box_type: str | None = None, num_threads: int | None = None,
+                 optimize: bool = True):
         dev = torch.device(device)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"FaceLandmarker: device={device!r} asked for, but no CUDA device is available "
@@ -198,6 +219,8 @@ class FaceLandmarker:
         self.device = dev
         self.max_batch_size = max_batch_size
         self.predictor, self.meta, self.model_source = self._load(model, dev)
+        if optimize:
+            self.predictor = _frozen(self.predictor)
         self.input_size = int(self.meta["input_size"])
         self.num_landmarks = int(self.meta["num_landmarks"])
         crop_meta = self.meta.get("crop", {})
