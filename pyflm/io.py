@@ -221,6 +221,12 @@ def iter_video_frames(path) -> Iterator[tuple[int, float, np.ndarray]]:
         cap.release()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to a temp file beside ``path``, fsync, then os.replace;
     on any failure the temp file is removed and ``path`` is untouched."""
@@ -231,6 +237,7 @@ def _write_bytes_atomic(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are ordinary files
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -337,6 +337,17 @@ def _leftovers(folder: Path, keep: set[str]):
     return sorted(p.name for p in folder.iterdir() if p.name not in keep)
 
 
+def test_atomic_writes_use_the_umask(tmp_path):
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "a.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644  # not mkstemp's 0600
+
+
 def test_write_json_atomic(tmp_path):
     p = tmp_path / "new" / "deeper" / "r.json"
     obj = {"a": np.arange(3, dtype=np.int32), "b": np.float32(1.5), "c": (1, np.int64(2)), np.int64(4): True,
