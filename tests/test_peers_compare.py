@@ -148,22 +148,28 @@ def test_accuracy_and_speed_tables():
     assert lines[0].startswith("| Method | nme (%) | eye_nme (%)")
     assert "| dlib, helen, own boxes | 2.51 | 1.49 | 0.00 | 0.00 | 65.43 | 2 | 10 |" in lines
     assert "| lbf, helen, own boxes | - | - | - | - | - | 10 | 10 |" in lines
-    speed = speed_table({"dlib": {"lat1": {"landmark_ms": 2.84, "detect_plus_landmark_ms": 58.2},
+    speed = speed_table({"dlib": {"lat1": {"landmark_ms": 2.84, "landmark_cpu_ms": 1.96, "detect_plus_landmark_ms": 58.2},
                                   "lat2": {"landmark_ms": 2.5}, "rss_mb": 232.31, "model_mb": 95.07}})
-    assert "| dlib | 2.8 | 2.5 | 58.2 | - | 232.3 | 95.1 |" in speed.splitlines()
+    assert "| dlib | 2.8 | 2.5 | 2.0 | 58.2 | - | - | 232.3 | 95.1 |" in speed.splitlines()
 
 
 def test_latency_summary_medians():
-    items = [{"detect_s": 0.010, "faces": [{"landmark_s": 0.001}, {"landmark_s": 0.003}]},
-             {"detect_s": 0.030, "faces": [{"landmark_s": 0.002}]},
-             {"detect_s": 0.020, "faces": []},
-             {"detect_s": None, "faces": [{"landmark_s": 0.004}]}]
+    items = [{"detect_s": 0.010, "detect_cpu_s": 0.008,
+              "faces": [{"landmark_s": 0.001, "landmark_cpu_s": 0.001}, {"landmark_s": 0.003, "landmark_cpu_s": 0.002}]},
+             {"detect_s": 0.030, "detect_cpu_s": 0.009, "faces": [{"landmark_s": 0.002, "landmark_cpu_s": 0.002}]},
+             {"detect_s": 0.020, "detect_cpu_s": 0.010, "faces": []},
+             {"detect_s": None, "faces": [{"landmark_s": 0.004, "landmark_cpu_s": 0.003}]}]
     lat = latency_summary(items)
-    assert lat["landmark_ms"] == pytest.approx(2.5)
-    assert lat["detect_ms"] == pytest.approx(20.0)
+    assert lat["landmark_ms"] == pytest.approx(2.5) and lat["landmark_cpu_ms"] == pytest.approx(2.0)
+    assert lat["detect_ms"] == pytest.approx(20.0) and lat["detect_cpu_ms"] == pytest.approx(9.0)
     assert lat["detect_plus_landmark_ms"] == pytest.approx((11 + 32) / 2)
+    assert lat["detect_plus_landmark_cpu_ms"] == pytest.approx((9 + 11) / 2)
     assert (lat["faces_timed"], lat["images_timed"]) == (4, 3)
     assert latency_summary([])["landmark_ms"] is None
+    # one call that detects and places landmarks (pyflm): that call is the pipeline's time
+    full = latency_summary([{"full_s": 0.05, "full_cpu_s": 0.04, "faces": [{"landmark_s": 0.01, "landmark_cpu_s": 0.01}]}])
+    assert full["detect_plus_landmark_ms"] == pytest.approx(50.0) and full["detect_ms"] is None
+    assert full["images_timed"] == 1
 
 
 def test_write_json_atomic(tmp_path):
@@ -257,7 +263,8 @@ def test_run_worker_subprocess_and_evaluate_method(images, tmp_path, monkeypatch
     assert acc["helen/own"]["n"] == 2 and acc["helen/own"]["nme"] > 0
     sp = r["speed"]
     assert sp["lat1"]["faces_timed"] == 2 and sp["lat2"]["landmark_ms"] >= 0
-    assert sp["rss_mb"] > 1 and sp["rss_kb"]["child_maxrss"] > 0
+    assert sp["rss_mb"] > 1 and sp["rss_kb"]["child_ru_maxrss"] > 0
+    assert sp["rss_mb"] == sp["rss_kb"]["peak"] / 1024 and sp["lat1"]["landmark_cpu_ms"] >= 0
     assert list((tmp_path / "work").iterdir()) == []  # job and result files removed
 
     doc = compare.report([r], ["common", "helen", "lfpw"], tmp_path / "out", {"machine": {"cpu": "test"}})

@@ -21,7 +21,8 @@ Each method runs in a subprocess (peer_worker.py): dlib and LBF with the peers'
 venv, pyflm with this Python. Latency: per-face landmark time and per-image
 detection + landmark time, medians over ``--timing-faces`` faces, with 1 and 2
 threads (OMP/OpenBLAS/MKL env vars, cv2.setNumThreads, torch.set_num_threads).
-Peak RSS: the worker's ru_maxrss (os.wait4) in the 1-thread timing run.
+Peak RSS: the worker's VmHWM in the 1-thread timing run (it includes Python,
+NumPy and OpenCV for reading images, the "start" value in peers.json).
 
 Writes <out>/peers.json (atomic: results, machine, versions, date), <out>/ced.png
 and prints the tables (markdown) that the README quotes.
@@ -158,18 +159,24 @@ def fit_box_maps(methods: list[str], python, quick: bool, workdir: Path, root=No
         items = [{"id": str(i), "image": str(s.image_path), "detect": True} for i, s in enumerate(samples)]
         res = run_worker(python, {"method": m, "threads": 2, "items": items, "warmup": 1},
                          f"{m} fit box map (train)", workdir)
-        tight, native = [], []
+        tight, native, preds = [], [], []
         for s, it in zip(samples, res["items"]):
             tb = tight_box(s.landmarks)
-            k = match_detection(tb, it["detections"] or [])
+            k = match_detection(tb, [f["box"] for f in it["faces"]])
+            preds.append(None if k is None else np.asarray(it["faces"][k]["landmarks"]))
             if k is not None:
                 tight.append(tb)
-                native.append(it["detections"][k][:4])
+                native.append(it["faces"][k]["box"])
         bm = BoxMap.fit(tight, native)
+        # the method's accuracy on the train images, own detector: a method trained
+        # on these images does about as well here as on the test images
+        train = accuracy_summary(preds, [s.landmarks for s in samples])
+        train.pop("per_image")
         data["maps"][m] = bm.to_dict()
         data["fitted"][m] = {"images": len(samples), "matched": len(tight), "versions": res["versions"],
-                             "options": res["options"], "split": "300w-train"}
-        print(f"{m}: box map fitted on {len(tight)}/{len(samples)} train faces, mean IoU {bm.mean_iou:.3f}")
+                             "options": res["options"], "split": "300w-train", "train_accuracy_own": train}
+        print(f"{m}: box map fitted on {len(tight)}/{len(samples)} train faces, mean IoU {bm.mean_iou:.3f}; "
+              f"NME on these train faces (own detector) {100 * train['nme']:.2f}%")
     write_json_atomic(BOX_MAPS, data)
     return data
 
@@ -208,14 +215,6 @@ def predictions(source: str, faces: list[dict], result: dict) -> list:
     return out
 
 
-def timing_latency(result: dict) -> dict:
-    lat = latency_summary(result["items"])
-    full = [it["full_s"] for it in result["items"] if it.get("full_s") is not None]
-    if full:  # pyflm: one detect-and-landmark call
-        lat["detect_plus_landmark_ms"] = float(np.median(full) * 1e3)
-    return lat
-
-
 def evaluate_method(label: str, kind: str, python, options: dict, faces: list[dict], splits: list[str],
                     box_map: BoxMap | None, timing_faces: int, workdir: Path) -> dict:
     """Accuracy (gt and own boxes) per split, latency (1 and 2 threads), RSS, model size."""
@@ -236,10 +235,13 @@ def evaluate_method(label: str, kind: str, python, options: dict, faces: list[di
     for threads in (1, 2):
         r = run_worker(python, {"method": method, "threads": threads, "options": options, "items": timed_items,
                                 "warmup": 3}, f"{label} timing {threads} thr", workdir)
-        speed[f"lat{threads}"] = timing_latency(r)
+        speed[f"lat{threads}"] = latency_summary(r["items"])
         if threads == 1:
-            speed["rss_mb"] = r["child_maxrss_kb"] / 1024
-            speed["rss_kb"] = {**r["rss_kb"], "child_maxrss": r["child_maxrss_kb"]}
+            # VmHWM of the worker, not the child's ru_maxrss: Linux's ru_maxrss of a
+            # child started by fork/vfork + exec includes the parent's pages at the
+            # fork (here the parent's ~290 MB), so it cannot tell the methods apart
+            speed["rss_mb"] = r["rss_kb"]["peak"] / 1024
+            speed["rss_kb"] = {**r["rss_kb"], "child_ru_maxrss": r["child_maxrss_kb"]}
     files = raw["gt"]["model_files"]
     landmark_file = next((v for k, v in files.items() if k != "haar_cascade"), None)
     speed["model_mb"] = landmark_file["bytes"] / 2**20 if landmark_file else None
