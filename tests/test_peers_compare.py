@@ -305,3 +305,29 @@ def test_method_jobs_and_predictions():
     result["items"][0]["error"] = "cannot read image x.png"
     with pytest.raises(RuntimeError, match="cannot read image"):
         compare.predictions("gt", faces, result)
+
+
+def _write_pts(path, pts):
+    lines = ["version: 1", "n_points:  68", "{"] + [f"{x + 1:.3f} {y + 1:.3f}" for x, y in pts] + ["}"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_main_without_peers_or_pyflm_api(tmp_path, monkeypatch):
+    """The command line end to end on a tiny data root: pyflm without
+    FaceLandmarker is skipped with its reason, and the JSON still lands."""
+    import pyflm
+
+    monkeypatch.delattr(pyflm, "FaceLandmarker", raising=False)
+    rng = np.random.default_rng()
+    for folder in ("300w/helen/testset", "300w/lfpw/testset"):
+        d = tmp_path / "data" / folder
+        d.mkdir(parents=True)
+        for i in range(2):
+            cv2.imwrite(str(d / f"f{i}.jpg"), rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+            _write_pts(d / f"f{i}.pts", _face_points(rng, [10, 10, 50, 50]))
+    out = tmp_path / "out"
+    assert compare.main(["--methods", "pyflm", "--data-root", str(tmp_path / "data"), "--out", str(out)]) == 0
+    doc = json.loads((out / "peers.json").read_text())
+    assert doc["faces"] == 4 and doc["methods"] == [] and "FaceLandmarker" in doc["skipped"]["pyflm"]
+    assert doc["machine"]["cpu_count"] >= 1 and doc["command"].endswith(f"--out {out}")
+    assert not (out / "ced.png").exists()

@@ -123,13 +123,17 @@ def run_worker(python, job: dict, desc: str, workdir: Path) -> dict:
 
 
 def load_faces(splits: list[str], quick: bool, root=None) -> list[dict]:
-    """Test faces of the union of ``splits`` as {"id", "image", "gt" [68, 2], "parts"}.
+    """Test faces of the union of ``splits`` as {"id", "image", "gt" [68, 2], "part"}.
     ``quick``: every k-th face, about 25 per test set."""
+    return load_faces_of_parts(sorted({part for s in splits for part in SPLIT_PARTS[s]}), quick, root)
+
+
+def load_faces_of_parts(parts: list[str], quick: bool, root=None) -> list[dict]:
+    """Faces of pyflm.data split names (e.g. "helen-test"); see load_faces."""
     from pyflm.data.splits import load_split
 
-    needed = sorted({part for s in splits for part in SPLIT_PARTS[s]})
     faces = []
-    for part in needed:
+    for part in parts:
         samples = load_split(part, root=root)
         if quick:
             samples = samples[:: max(1, len(samples) // 25)][:25]
@@ -179,6 +183,25 @@ def fit_box_maps(methods: list[str], python, quick: bool, workdir: Path, root=No
               f"NME on these train faces (own detector) {100 * train['nme']:.2f}%")
     write_json_atomic(BOX_MAPS, data)
     return data
+
+
+def train_check(methods: list[str], python, quick: bool, workdir: Path, root=None) -> dict:
+    """Own-detector accuracy of each peer on the HELEN and LFPW *train* faces,
+    to set beside its test numbers: a model that never saw the test faces does
+    worse on them than on its training faces; no gap suggests it saw them."""
+    out = {}
+    for m in methods:
+        out[m] = {}
+        for part in ("helen-train", "lfpw-train"):
+            faces = load_faces_of_parts([part], quick, root)
+            items = [{"id": f["id"], "image": f["image"], "detect": True} for f in faces]
+            res = run_worker(python, {"method": m, "threads": 2, "items": items, "warmup": 1},
+                             f"{m} {part} (train check)", workdir)
+            acc = accuracy_summary(predictions("own", faces, res), [f["gt"] for f in faces])
+            acc.pop("per_image")
+            out[m][part] = acc
+            print(f"{m} {part}: NME {100 * acc['nme']:.2f}% over {acc['n'] - acc['misses']} detected faces")
+    return out
 
 
 # ---------------------------------------------------------------- one method
@@ -339,6 +362,8 @@ def parse_args(argv=None):
     p.add_argument("--peers-python", help="Python of the peers' venv (default <repo>/.venv-peers/bin/python)")
     p.add_argument("--timing-faces", type=int, default=None, help="faces timed per thread count (default 200)")
     p.add_argument("--fit-box-maps", action="store_true", help="refit box_maps.json on the 300-W train images")
+    p.add_argument("--train-check", action="store_true",
+                   help="also score dlib and LBF (own detector) on the HELEN and LFPW train faces")
     p.add_argument("--data-root", help="data root (default: pyflm's, ../shared/data)")
     a = p.parse_args(argv)
     a.splits = [s.strip() for s in a.splits.split(",") if s.strip()]
@@ -367,21 +392,12 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     from benchmarks.common import machine
 
-    workdir = Path(tempfile.mkdtemp(prefix="pyflm-peers-"))
     peers = [m for m in a.methods if m in PEER_METHODS]
     py_peers = peers_python(a.peers_python) if peers else None
-    box_maps = load_box_maps()
-    missing = [m for m in peers if m not in box_maps]
-    if a.fit_box_maps or missing:
-        fit_box_maps(peers if a.fit_box_maps else missing, py_peers, a.quick, workdir, a.data_root)
-        box_maps = load_box_maps()
     faces = load_faces(a.splits, a.quick, a.data_root)
-    print(f"{len(faces)} faces ({', '.join(a.splits)}); timing on {min(a.timing_faces, len(faces))} faces")
-
     todo = []  # (label, kind, python, options)
     skipped = {}
-    want_pyflm = "pyflm" in a.methods or a.pyflm_models
-    why = pyflm_available() if want_pyflm else None
+    why = pyflm_available() if ("pyflm" in a.methods or a.pyflm_models) else None
     if why:
         print(why)
         skipped["pyflm"] = why
@@ -390,21 +406,32 @@ def main(argv=None) -> int:
             todo.append(("pyflm default", "pyflm", sys.executable, {"model": "default"}))
         for label, path in a.pyflm_models:
             todo.append((f"pyflm {label}", "pyflm", sys.executable, {"model": str(Path(path).resolve())}))
-    for m in peers:
-        todo.append((m, "peer", py_peers, {}))
+    todo += [(m, "peer", py_peers, {}) for m in peers]
+    print(f"{len(faces)} faces ({', '.join(a.splits)}); timing on {min(a.timing_faces, len(faces))} faces; "
+          f"methods: {', '.join(t[0] for t in todo) or 'none'}")
 
-    results = []
+    load_before = os.getloadavg()
+    workdir = Path(tempfile.mkdtemp(prefix="pyflm-peers-"))
+    results, checked = [], None
     try:
+        box_maps = load_box_maps()
+        missing = [m for m in peers if m not in box_maps]
+        if a.fit_box_maps or missing:
+            fit_box_maps(peers if a.fit_box_maps else missing, py_peers, a.quick, workdir, a.data_root)
+            box_maps = load_box_maps()
         for label, kind, python, options in todo:
             results.append(evaluate_method(label, kind, python, options, faces, a.splits,
                                            box_maps.get(label) if kind == "peer" else None,
                                            a.timing_faces, workdir))
+        if a.train_check and peers:
+            checked = train_check(peers, py_peers, a.quick, workdir, a.data_root)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    meta = {"machine": machine(), "command": " ".join(["python -m benchmarks.peers.compare"] + (argv or sys.argv[1:])),
+    meta = {"machine": machine(), "command": " ".join(["python -m benchmarks.peers.compare"] + list(
+                sys.argv[1:] if argv is None else argv)),
             "quick": a.quick, "splits": a.splits, "faces": len(faces), "skipped": skipped,
-            "match_min_iou": MATCH_MIN_IOU,
-            "load_average": os.getloadavg()}
+            "match_min_iou": MATCH_MIN_IOU, "load_average": {"before": load_before, "after": os.getloadavg()},
+            "train_check": checked}
     doc = report(results, a.splits, a.out, meta)
     print("\nAccuracy (NME normalised by the outer eye corners; over detected faces):\n")
     print(doc["tables"]["accuracy"])
