@@ -331,3 +331,47 @@ def test_main_without_peers_or_pyflm_api(tmp_path, monkeypatch):
     assert doc["faces"] == 4 and doc["methods"] == [] and "FaceLandmarker" in doc["skipped"]["pyflm"]
     assert doc["machine"]["cpu_count"] >= 1 and doc["command"].endswith(f"--out {out}")
     assert not (out / "ced.png").exists()
+
+
+def test_pyflm_adapter_against_the_face_landmarker_api(images, monkeypatch):
+    """The worker's pyflm adapter calls FaceLandmarker(model, device, detector) and
+    detect(image, boxes, box_type) as specified (with a stand-in FaceLandmarker)."""
+    import types
+
+    import pyflm
+
+    calls = []
+
+    class StandIn:
+        def __init__(self, model, device, detector):
+            calls.append(("init", model, device, detector))
+
+        def detect(self, image, boxes=None, box_type=None):
+            calls.append(("detect", image.shape, boxes, box_type))
+            bx = boxes or [[5.0, 6.0, 55.0, 66.0]]
+            return [types.SimpleNamespace(box=np.array(b), landmarks=np.full((68, 2), float(i)), scores=None,
+                                          detection_score=None if boxes else 0.9) for i, b in enumerate(bx)]
+
+    import torch
+
+    monkeypatch.setattr(pyflm, "FaceLandmarker", StandIn, raising=False)
+    w = _worker_module()
+    threads = torch.get_num_threads()
+    try:  # the adapter sets torch's threads for its process; give this one its own back
+        r = w.run_job({"method": "pyflm", "threads": 1, "warmup": 0, "options": {"model": "m.pt"},
+                       "items": [{"id": "a", "image": images[0], "boxes": [[1, 2, 30, 40]], "box_type": "tight"},
+                                 {"id": "b", "image": images[1], "detect": True}]})
+    finally:
+        torch.set_num_threads(threads)
+    assert calls[0] == ("init", "m.pt", "cpu", "default")
+    assert calls[1] == ("detect", (120, 160, 3), [[1, 2, 30, 40]], "tight")
+    assert calls[2] == ("detect", (120, 160, 3), None, None)  # own detector: one full call
+    assert calls[3] == ("detect", (120, 160, 3), [[5.0, 6.0, 55.0, 66.0]], None)  # then landmarks alone, timed
+    a, b = r["items"]
+    assert a["faces"][0]["box"] == [1, 2, 30, 40] and a["full_s"] is None
+    assert b["detections"] == [[5.0, 6.0, 55.0, 66.0, 0.9]] and b["full_s"] >= 0 and b["detect_s"] is None
+    assert np.array(b["faces"][0]["landmarks"]).shape == (68, 2)
+    monkeypatch.delattr(pyflm, "FaceLandmarker")
+    with pytest.raises(ImportError, match="no FaceLandmarker"):
+        w.make_method("pyflm", {}, 1)
+    assert "no FaceLandmarker" in compare.pyflm_available()
