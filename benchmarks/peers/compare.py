@@ -1,0 +1,445 @@
+"""pyflm against dlib and OpenCV's LBF on the 300-W common / HELEN test / LFPW test faces.
+
+    bash benchmarks/peers/setup_env.sh                  # once: the peers' venv .venv-peers
+    python -m benchmarks.peers.compare                  # full run (all faces)
+    python -m benchmarks.peers.compare --quick          # ~50 faces, smoke check
+    python -m benchmarks.peers.compare --methods dlib,lbf --pyflm-model paper=runs/x/model.pt
+
+Every method sees identical faces and two kinds of box:
+
+* ``gt``: the tight box of the 68 ground-truth landmarks. pyflm takes it as is
+  (``box_type="tight"``); dlib and LBF expect their own detector's boxes, so the
+  tight box goes through a fixed linear map to such a box (``BoxMap``, fitted on
+  the 300-W *train* images, stored in box_maps.json, refit with --fit-box-maps).
+* ``own``: each method's own detector (dlib: HOG frontal face detector,
+  upsampling 1; LBF: OpenCV Haar cascade haarcascade_frontalface_alt2; pyflm:
+  its default detector), matched to the annotated face by IoU with its tight box
+  (>= MATCH_MIN_IOU). A face without a match is a detection miss: counted, and
+  left out of the NME/FR/AUC.
+
+Each method runs in a subprocess (peer_worker.py): dlib and LBF with the peers'
+venv, pyflm with this Python. Latency: per-face landmark time and per-image
+detection + landmark time, medians over ``--timing-faces`` faces, with 1 and 2
+threads (OMP/OpenBLAS/MKL env vars, cv2.setNumThreads, torch.set_num_threads).
+Peak RSS: the worker's VmHWM in the 1-thread timing run (it includes Python,
+NumPy and OpenCV for reading images, the "start" value in peers.json).
+
+Writes <out>/peers.json (atomic: results, machine, versions, date), <out>/ced.png
+and prints the tables (markdown) that the README quotes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from benchmarks.peers.evaluation import (
+    MATCH_MIN_IOU,
+    BoxMap,
+    accuracy_summary,
+    accuracy_table,
+    latency_summary,
+    match_detection,
+    speed_table,
+    tight_box,
+    write_json_atomic,
+)
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+WORKER = HERE / "peer_worker.py"
+BOX_MAPS = HERE / "box_maps.json"
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "peers"
+PEER_METHODS = ("dlib", "lbf")
+SPLIT_PARTS = {"common": ("helen-test", "lfpw-test"), "helen": ("helen-test",), "lfpw": ("lfpw-test",)}
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS")
+
+
+def peers_python(arg: str | None) -> Path:
+    """The peers' venv Python: --peers-python, $PYFLM_PEERS_VENV/bin/python or <repo>/.venv-peers."""
+    if arg:
+        p = Path(arg)
+    else:
+        venv = os.environ.get("PYFLM_PEERS_VENV") or str(REPO / ".venv-peers")
+        p = Path(venv) / "bin" / "python"
+    if not p.exists():
+        raise FileNotFoundError(f"peers' Python not found at {p}: run `bash benchmarks/peers/setup_env.sh` "
+                                "(or pass --peers-python)")
+    return p
+
+
+# ---------------------------------------------------------------- running workers
+
+
+def run_worker(python, job: dict, desc: str, workdir: Path) -> dict:
+    """Run peer_worker.py with ``python`` on ``job`` in a subprocess with
+    ``job["threads"]`` threads; returns its result plus "child_maxrss_kb"
+    (ru_maxrss of that child from os.wait4). Raises RuntimeError with the
+    worker's last stderr lines when it fails."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    fd, job_path = tempfile.mkstemp(dir=workdir, prefix="job-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(job, f)
+    out_path = Path(job_path).with_name(Path(job_path).name.replace("job-", "result-"))
+    env = dict(os.environ)
+    env.update({v: str(job.get("threads", 1)) for v in THREAD_VARS})
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    cmd = [str(python), str(WORKER), "--job", job_path, "--out", str(out_path), "--progress"]
+    tail: deque[str] = deque(maxlen=30)
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # disable=None: a bar on a terminal, none in logs
+    with tqdm(total=len(job["items"]), desc=desc, unit="img", leave=False, disable=None) as bar:
+        for line in proc.stderr:
+            if line.startswith("@progress "):
+                bar.n = int(line.split()[1])
+                bar.refresh()
+            else:
+                tail.append(line.rstrip())
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    try:
+        if proc.returncode != 0:
+            raise RuntimeError(f"{desc}: worker exited with {proc.returncode}: " + "\n".join(tail))
+        result = json.loads(out_path.read_text())
+    finally:
+        for p in (Path(job_path), out_path):
+            p.unlink(missing_ok=True)
+    result["child_maxrss_kb"] = usage.ru_maxrss
+    return result
+
+
+# ---------------------------------------------------------------- faces and box maps
+
+
+def load_faces(splits: list[str], quick: bool, root=None) -> list[dict]:
+    """Test faces of the union of ``splits`` as {"id", "image", "gt" [68, 2], "part"}.
+    ``quick``: every k-th face, about 25 per test set."""
+    return load_faces_of_parts(sorted({part for s in splits for part in SPLIT_PARTS[s]}), quick, root)
+
+
+def load_faces_of_parts(parts: list[str], quick: bool, root=None) -> list[dict]:
+    """Faces of pyflm.data split names (e.g. "helen-test"); see load_faces."""
+    from pyflm.data.splits import load_split
+
+    faces = []
+    for part in parts:
+        samples = load_split(part, root=root)
+        if quick:
+            samples = samples[:: max(1, len(samples) // 25)][:25]
+        for s in samples:
+            faces.append({"id": f"{part}/{s.image_path.stem}", "image": str(s.image_path), "gt": s.landmarks,
+                          "part": part})
+    return faces
+
+
+def load_box_maps(path: Path = BOX_MAPS) -> dict[str, BoxMap]:
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    return {k: BoxMap.from_dict(v) for k, v in data.get("maps", {}).items()}
+
+
+def fit_box_maps(methods: list[str], python, quick: bool, workdir: Path, root=None) -> dict:
+    """Run each peer's own detector on the 300-W train images and fit the
+    tight-box -> detector-box map on the matched faces; writes box_maps.json."""
+    from pyflm.data.splits import load_split
+
+    samples = load_split("300w-train", root=root)
+    if quick:
+        samples = samples[:: max(1, len(samples) // 100)]
+    data = json.loads(BOX_MAPS.read_text()) if BOX_MAPS.is_file() else {"maps": {}, "fitted": {}}
+    for m in methods:
+        items = [{"id": str(i), "image": str(s.image_path), "detect": True} for i, s in enumerate(samples)]
+        res = run_worker(python, {"method": m, "threads": 2, "items": items, "warmup": 1},
+                         f"{m} fit box map (train)", workdir)
+        tight, native, preds = [], [], []
+        for s, it in zip(samples, res["items"]):
+            tb = tight_box(s.landmarks)
+            k = match_detection(tb, [f["box"] for f in it["faces"]])
+            preds.append(None if k is None else np.asarray(it["faces"][k]["landmarks"]))
+            if k is not None:
+                tight.append(tb)
+                native.append(it["faces"][k]["box"])
+        bm = BoxMap.fit(tight, native)
+        # the method's accuracy on the train images, own detector: a method trained
+        # on these images does about as well here as on the test images
+        train = accuracy_summary(preds, [s.landmarks for s in samples])
+        train.pop("per_image")
+        data["maps"][m] = bm.to_dict()
+        data["fitted"][m] = {"images": len(samples), "matched": len(tight), "versions": res["versions"],
+                             "options": res["options"], "split": "300w-train", "train_accuracy_own": train}
+        print(f"{m}: box map fitted on {len(tight)}/{len(samples)} train faces, mean IoU {bm.mean_iou:.3f}; "
+              f"NME on these train faces (own detector) {100 * train['nme']:.2f}%")
+    write_json_atomic(BOX_MAPS, data)
+    return data
+
+
+def train_check(methods: list[str], python, quick: bool, workdir: Path, root=None) -> dict:
+    """Own-detector accuracy of each peer on the HELEN and LFPW *train* faces,
+    to set beside its test numbers: a model that never saw the test faces does
+    worse on them than on its training faces; no gap suggests it saw them."""
+    out = {}
+    for m in methods:
+        out[m] = {}
+        for part in ("helen-train", "lfpw-train"):
+            faces = load_faces_of_parts([part], quick, root)
+            items = [{"id": f["id"], "image": f["image"], "detect": True} for f in faces]
+            res = run_worker(python, {"method": m, "threads": 2, "items": items, "warmup": 1},
+                             f"{m} {part} (train check)", workdir)
+            acc = accuracy_summary(predictions("own", faces, res), [f["gt"] for f in faces])
+            acc.pop("per_image")
+            out[m][part] = acc
+            print(f"{m} {part}: NME {100 * acc['nme']:.2f}% over {acc['n'] - acc['misses']} detected faces")
+    return out
+
+
+# ---------------------------------------------------------------- one method
+
+
+def method_jobs(kind: str, faces: list[dict], box_map: BoxMap | None) -> dict[str, list[dict]]:
+    """Job items for the two box sources. ``kind``: "peer" (boxes mapped to the
+    detector's kind) or "pyflm" (tight boxes)."""
+    gt_items = []
+    for f in faces:
+        tb = tight_box(f["gt"])
+        if kind == "pyflm":
+            gt_items.append({"id": f["id"], "image": f["image"], "boxes": [tb.tolist()], "box_type": "tight"})
+        else:
+            gt_items.append({"id": f["id"], "image": f["image"], "boxes": [box_map(tb).tolist()],
+                             "box_type": "native"})
+    own_items = [{"id": f["id"], "image": f["image"], "detect": True} for f in faces]
+    return {"gt": gt_items, "own": own_items}
+
+
+def predictions(source: str, faces: list[dict], result: dict) -> list:
+    """Per face the [68, 2] landmarks, or None (own detector: no matching detection)."""
+    by_id = {it["id"]: it for it in result["items"]}
+    out = []
+    for f in faces:
+        it = by_id[f["id"]]
+        if it.get("error"):
+            raise RuntimeError(f"{result['method']}: {it['error']}")
+        if source == "gt":
+            out.append(np.asarray(it["faces"][0]["landmarks"]))
+            continue
+        k = match_detection(tight_box(f["gt"]), [fc["box"] for fc in it["faces"]])
+        out.append(None if k is None else np.asarray(it["faces"][k]["landmarks"]))
+    return out
+
+
+def evaluate_method(label: str, kind: str, python, options: dict, faces: list[dict], splits: list[str],
+                    box_map: BoxMap | None, timing_faces: int, workdir: Path) -> dict:
+    """Accuracy (gt and own boxes) per split, latency (1 and 2 threads), RSS, model size."""
+    jobs = method_jobs(kind, faces, box_map)
+    method = "pyflm" if kind == "pyflm" else label
+    acc, raw = {}, {}
+    for source in ("gt", "own"):
+        raw[source] = run_worker(python, {"method": method, "threads": 1, "options": options,
+                                          "items": jobs[source]}, f"{label} {source} boxes", workdir)
+        preds = predictions(source, faces, raw[source])
+        for s in splits:
+            keep = [i for i, f in enumerate(faces) if f["part"] in SPLIT_PARTS[s]]
+            acc[f"{s}/{source}"] = accuracy_summary([preds[i] for i in keep], [faces[i]["gt"] for i in keep])
+    # timing: the same evenly spread faces for both thread counts, own detector
+    step = max(1, len(faces) // timing_faces)
+    timed_items = jobs["own"][::step][:timing_faces]
+    speed = {}
+    for threads in (1, 2):
+        r = run_worker(python, {"method": method, "threads": threads, "options": options, "items": timed_items,
+                                "warmup": 3}, f"{label} timing {threads} thr", workdir)
+        speed[f"lat{threads}"] = latency_summary(r["items"])
+        if threads == 1:
+            # VmHWM of the worker, not the child's ru_maxrss: Linux's ru_maxrss of a
+            # child started by fork/vfork + exec includes the parent's pages at the
+            # fork (here the parent's ~290 MB), so it cannot tell the methods apart
+            speed["rss_mb"] = r["rss_kb"]["peak"] / 1024
+            speed["rss_kb"] = {**r["rss_kb"], "child_ru_maxrss": r["child_maxrss_kb"]}
+    files = raw["gt"]["model_files"]
+    landmark_file = next((v for k, v in files.items() if k != "haar_cascade"), None)
+    speed["model_mb"] = landmark_file["bytes"] / 2**20 if landmark_file else None
+    return {"label": label, "method": method, "options": options, "versions": raw["gt"]["versions"],
+            "model_files": files, "accuracy": acc, "speed": speed,
+            "box_map": box_map.to_dict() if box_map else None}
+
+
+def pyflm_available() -> str | None:
+    """None if pyflm.FaceLandmarker exists, else why not."""
+    import pyflm
+
+    if not hasattr(pyflm, "FaceLandmarker"):
+        return f"pyflm {pyflm.__version__} has no FaceLandmarker yet (the inference API); pyflm rows skipped"
+    return None
+
+
+# ---------------------------------------------------------------- report
+
+
+def report(results: list[dict], splits: list[str], out: Path, meta: dict) -> dict:
+    acc_rows = {}
+    for r in results:
+        for s in splits:
+            for source in ("gt", "own"):
+                key = f"{s}/{source}"
+                if key in r["accuracy"]:
+                    acc_rows[f"{r['label']}, {s}, {source} boxes"] = r["accuracy"][key]
+    speed_rows = {r["label"]: r["speed"] for r in results}
+    tables = {"accuracy": accuracy_table(acc_rows), "speed": speed_table(speed_rows)}
+    ced_path = plot_ced_grid(results, splits, out / "ced.png") if results else None
+    doc = {**meta, "tables": tables, "methods": results, "ced_png": str(ced_path) if ced_path else None}
+    write_json_atomic(out / "peers.json", doc)
+    return doc
+
+
+def plot_ced_grid(results: list[dict], splits: list[str], path: Path) -> Path:
+    """One PNG: a CED panel per (split, box source), one curve per method."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from pyflm.metrics import auc, ced_curve
+
+    sources = ("gt", "own")
+    fig, axes = plt.subplots(len(sources), len(splits), figsize=(4.2 * len(splits), 3.6 * len(sources)),
+                             squeeze=False)
+    try:
+        for j, s in enumerate(splits):
+            for i, src in enumerate(sources):
+                ax = axes[i][j]
+                plotted = 0
+                for r in results:
+                    a = r["accuracy"].get(f"{s}/{src}")
+                    if not a or not a["per_image"]:
+                        continue
+                    t, f = ced_curve(a["per_image"], 0.10)  # detected faces, as in the table
+                    miss = f", {a['misses']} missed" if a["misses"] else ""
+                    ax.plot(t, f, label=f"{r['label']} (AUC@0.08 {auc(a['per_image'], 0.08):.3f}{miss})")
+                    plotted += 1
+                ax.set_title(f"{s}, {src} boxes", fontsize=10)
+                ax.set_xlim(0, 0.10)
+                ax.set_ylim(0, 1)
+                ax.grid(True, alpha=0.3)
+                ax.set_xlabel("NME (outer eye corners)")
+                ax.set_ylabel("fraction of faces")
+                if plotted:
+                    ax.legend(loc="lower right", fontsize=8)
+                else:
+                    ax.text(0.05, 0.5, "no detected faces", transform=ax.transAxes)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+        os.close(fd)
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--quick", action="store_true", help="~50 faces, short timing: a smoke check")
+    p.add_argument("--splits", default="common,helen,lfpw", help="comma list of common, helen, lfpw")
+    p.add_argument("--methods", default="pyflm,dlib,lbf", help="comma list of pyflm, dlib, lbf")
+    p.add_argument("--pyflm-model", action="append", default=[], metavar="LABEL=PATH",
+                   help="also evaluate this pyflm model file (repeatable)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for peers.json and ced.png")
+    p.add_argument("--peers-python", help="Python of the peers' venv (default <repo>/.venv-peers/bin/python)")
+    p.add_argument("--timing-faces", type=int, default=None, help="faces timed per thread count (default 200)")
+    p.add_argument("--fit-box-maps", action="store_true", help="refit box_maps.json on the 300-W train images")
+    p.add_argument("--train-check", action="store_true",
+                   help="also score dlib and LBF (own detector) on the HELEN and LFPW train faces")
+    p.add_argument("--data-root", help="data root (default: pyflm's, ../shared/data)")
+    a = p.parse_args(argv)
+    a.splits = [s.strip() for s in a.splits.split(",") if s.strip()]
+    bad = [s for s in a.splits if s not in SPLIT_PARTS]
+    if bad or not a.splits:
+        p.error(f"--splits: unknown {bad}; choose from {sorted(SPLIT_PARTS)}")
+    a.methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    bad = [m for m in a.methods if m not in ("pyflm",) + PEER_METHODS]
+    if bad:
+        p.error(f"--methods: unknown {bad}; choose from pyflm, dlib, lbf")
+    models = []
+    for spec in a.pyflm_model:
+        label, sep, path = spec.partition("=")
+        if not sep or not label or not path:
+            p.error(f"--pyflm-model wants LABEL=PATH, got {spec!r}")
+        if not Path(path).is_file():
+            p.error(f"--pyflm-model {label}: no such file {path}")
+        models.append((label, path))
+    a.pyflm_models = models
+    if a.timing_faces is None:
+        a.timing_faces = 50 if a.quick else 200
+    return a
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    from benchmarks.common import machine
+
+    peers = [m for m in a.methods if m in PEER_METHODS]
+    py_peers = peers_python(a.peers_python) if peers else None
+    faces = load_faces(a.splits, a.quick, a.data_root)
+    todo = []  # (label, kind, python, options)
+    skipped = {}
+    why = pyflm_available() if ("pyflm" in a.methods or a.pyflm_models) else None
+    if why:
+        print(why)
+        skipped["pyflm"] = why
+    else:
+        if "pyflm" in a.methods:
+            todo.append(("pyflm default", "pyflm", sys.executable, {"model": "default"}))
+        for label, path in a.pyflm_models:
+            todo.append((f"pyflm {label}", "pyflm", sys.executable, {"model": str(Path(path).resolve())}))
+    todo += [(m, "peer", py_peers, {}) for m in peers]
+    print(f"{len(faces)} faces ({', '.join(a.splits)}); timing on {min(a.timing_faces, len(faces))} faces; "
+          f"methods: {', '.join(t[0] for t in todo) or 'none'}")
+
+    load_before = os.getloadavg()
+    workdir = Path(tempfile.mkdtemp(prefix="pyflm-peers-"))
+    results, checked = [], None
+    try:
+        box_maps = load_box_maps()
+        missing = [m for m in peers if m not in box_maps]
+        if a.fit_box_maps or missing:
+            fit_box_maps(peers if a.fit_box_maps else missing, py_peers, a.quick, workdir, a.data_root)
+            box_maps = load_box_maps()
+        for label, kind, python, options in todo:
+            results.append(evaluate_method(label, kind, python, options, faces, a.splits,
+                                           box_maps.get(label) if kind == "peer" else None,
+                                           a.timing_faces, workdir))
+        if a.train_check and peers:
+            checked = train_check(peers, py_peers, a.quick, workdir, a.data_root)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    meta = {"machine": machine(), "command": " ".join(["python -m benchmarks.peers.compare"] + list(
+                sys.argv[1:] if argv is None else argv)),
+            "quick": a.quick, "splits": a.splits, "faces": len(faces), "skipped": skipped,
+            "match_min_iou": MATCH_MIN_IOU, "load_average": {"before": load_before, "after": os.getloadavg()},
+            "train_check": checked}
+    doc = report(results, a.splits, a.out, meta)
+    print("\nAccuracy (NME normalised by the outer eye corners; over detected faces):\n")
+    print(doc["tables"]["accuracy"])
+    print("\nSpeed and memory (medians; this machine, see peers.json 'machine'):\n")
+    print(doc["tables"]["speed"])
+    print(f"\nwrote {a.out / 'peers.json'}" + (f" and {doc['ced_png']}" if doc["ced_png"] else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
