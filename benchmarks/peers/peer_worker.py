@@ -234,7 +234,7 @@ class PyflmMethod(Method):
             raise ImportError(f"pyflm {pyflm.__version__} at {pyflm.__file__} has no FaceLandmarker yet")
         self.lm = pyflm.FaceLandmarker(model=model, device="cpu", detector=detector)
         self.versions = {"pyflm": pyflm.__version__, "torch": torch.__version__}
-        path = getattr(self.lm, "model_path", None) or (model if model != "default" else None)
+        path = getattr(self.lm, "model_source", None) or (model if model != "default" else None)
         self.model_files = ({"model": {"path": str(path), "bytes": Path(path).stat().st_size}}
                             if path and Path(path).is_file() else {})
 
@@ -245,7 +245,9 @@ class PyflmMethod(Method):
                 for f in faces]
 
     def landmarks(self, image, box, box_type="native"):
-        faces = self.lm.detect(image, boxes=[list(box[:4])], box_type="tight" if box_type == "tight" else None)
+        # native boxes come from pyflm's own detector: read them with that detector's fitted crop rule
+        native = getattr(getattr(self.lm, "detector", None), "name", None) or "tight"
+        faces = self.lm.detect(image, boxes=[list(box[:4])], box_type="tight" if box_type == "tight" else native)
         return np.asarray(faces[0].landmarks, dtype=np.float64)
 
 
