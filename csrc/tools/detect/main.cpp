@@ -69,6 +69,7 @@ int run(const Options& o) {
   set_threads(o.threads);
   check_output_locations(o);
   const BoxesMap boxes = o.boxes.empty() ? BoxesMap{} : load_boxes(o.boxes);
+  load_ops_library(find_ops_library(o.ops));
 
   std::vector<std::pair<std::string, std::string>> listing_failures;
   const std::vector<Input> inputs = expand_inputs(o.inputs, listing_failures);
@@ -77,7 +78,6 @@ int run(const Options& o) {
   std::unique_ptr<HaarDetector> detector;
   if (need_detector) detector = std::make_unique<HaarDetector>(o.cascade.empty() ? kDefaultCascade : o.cascade);
 
-  load_ops_library(find_ops_library(o.ops));
   const auto t_model = std::chrono::steady_clock::now();
   LandmarkModel model(o.model, o.device, o.batch);
   const double model_load_ms = ms_since(t_model);
