@@ -152,8 +152,10 @@ namespace {
 // listings (ours and pyflm.io's) skip it.
 std::string temp_path_for(const std::string& path, const std::string& suffix) {
   fs::path p(path);
-  fs::path tmp = p.parent_path() / ("." + p.filename().string() + "." + std::to_string(::getpid()) + suffix);
-  return tmp.string();
+  std::string name = ".";  // appended piecewise: "." + string trips GCC 12's false -Wrestrict
+  name += p.filename().string();
+  name += "." + std::to_string(::getpid()) + suffix;
+  return (p.parent_path() / name).string();
 }
 
 void rename_or_throw(const std::string& tmp, const std::string& path) {
