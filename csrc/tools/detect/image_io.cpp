@@ -154,7 +154,9 @@ std::string temp_path_for(const std::string& path, const std::string& suffix) {
   fs::path p(path);
   std::string name = ".";  // appended piecewise: "." + string trips GCC 12's false -Wrestrict
   name += p.filename().string();
-  name += "." + std::to_string(::getpid()) + suffix;
+  name += '.';
+  name += std::to_string(::getpid());
+  name += suffix;
   return (p.parent_path() / name).string();
 }
 
