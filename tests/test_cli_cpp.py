@@ -135,7 +135,10 @@ def _python_landmarks(image_path: Path, boxes, meta: dict, predictor, box_type: 
     """The Python pipeline: decode as pyflm.io does, crop with the model's rule,
     run the (eager) predictor, map back. -> (landmarks [N, K, 2], scores [N, K])."""
     img = cv2.imdecode(np.fromfile(str(image_path), np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
-    rule = BoxToSquare(**meta["crop"]["boxes"][box_type])
+    rules = meta["crop"]["boxes"]
+    # "tight" defaults to the landmark crop's scale around the box centre (as pyflm.FaceLandmarker)
+    rule = BoxToSquare(**rules[box_type]) if box_type in rules or box_type != "tight" else \
+        BoxToSquare(0.0, 0.0, float(meta["crop"]["landmarks"].get("scale", 1.3)), "max")
     crops = [Crop.from_box(b, int(meta["input_size"]), rule) for b in boxes]
     batch = torch.from_numpy(np.stack([c.warp(img) for c in crops]))
     with torch.no_grad():
@@ -245,11 +248,11 @@ def test_landmarks_match_python(main_run, model_ts, predictor):
         assert len(r["faces"]) == len(given)
         if not given:
             continue
-        np.testing.assert_allclose([f["box"] for f in r["faces"]], given, rtol=0, atol=1e-9)
+        np.testing.assert_allclose([f["box"] for f in r["faces"]], given, rtol=0, atol=5e-4 + 1e-9)  # 1e-3 rounding
         pts, scores = _python_landmarks(path, given, meta, predictor)
         cpp = np.array([f["landmarks"] for f in r["faces"]])
         assert np.abs(cpp - pts).max() < TOLERANCE_PX, f"{path}: max |C++ - Python| = {np.abs(cpp - pts).max()} px"
-        np.testing.assert_allclose([f["scores"] for f in r["faces"]], scores, rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose([f["scores"] for f in r["faces"]], scores, rtol=1e-3, atol=2e-4)
         checked += len(given)
     assert checked >= 3
 
@@ -296,37 +299,74 @@ def test_face_landmarker_agrees(main_run, model_file):
 # ------------------------------------------------- detection, video, stdout, batch sizes
 def test_detection_video_and_stdout(cli, model_ts, main_run, tmp_path):
     """No --json: the document goes to standard output. Images without given
-    boxes go through the Haar detector (a texture has no face: an empty list,
-    not an error); a video gives one record per frame, boxes given per frame
-    with "name#frame"; batch 1 gives the landmarks batch 2 gave."""
+    boxes go through the Haar detector (a gradient has no face: an empty list,
+    not an error; without a fitted "haar" rule, the "tight" one with a
+    warning, as pyflm.FaceLandmarker); a video gives one record per frame,
+    boxes given by its name (first frame) or "name#frame"; a single box
+    [x0, y0, x1, y1] is accepted; --box-type defaults to tight; batch 1 gives
+    the landmarks batch 2 gave."""
     rng = np.random.default_rng()
-    texture = tmp_path / "texture.png"
-    cv2.imwrite(str(texture), _synthetic_image(rng, 90, 110))
+    texture = tmp_path / "gradient.png"  # no face for certain (random textures could fool a cascade)
+    ramp = np.linspace(0, 255, 110, dtype=np.float64)[None, :, None] + rng.uniform(-40, 40, 3)
+    cv2.imwrite(str(texture), np.broadcast_to(np.clip(ramp, 0, 255), (90, 110, 3)).astype(np.uint8))
     video = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (96, 64))
     assert writer.isOpened()
-    for _ in range(3):
-        writer.write(_synthetic_image(rng, 64, 96))
+    for i in range(3):  # frame 1 is flat: nothing to detect there
+        writer.write(_synthetic_image(rng, 64, 96) if i != 1 else np.full((64, 96, 3), 90, np.uint8))
     writer.release()
     first = main_run["inputs"][0]
-    boxes = {first.name: main_run["boxes"][first.name], "clip.avi#1": [[10.0, 5.0, 60.0, 55.0]]}
+    (single,) = main_run["boxes"][first.name][:1]
+    boxes = {first.name: single, "clip.avi": [[3.0, 4.0, 40.0, 50.0]], "clip.avi#2": [[10.0, 5.0, 60.0, 55.0]]}
     boxes_file = tmp_path / "boxes.json"
     boxes_file.write_text(json.dumps(boxes))
-    proc = _run(cli, "--model", model_ts, "--ops", _ops(), "--boxes", boxes_file, "--box-type", "tight",
+    proc = _run(cli, "--model", model_ts, "--ops", _ops(), "--boxes", boxes_file,
                 "--batch", 1, "--threads", 1, "--cascade", _cascade(), first, texture, video)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     same, tex, *frames = doc["images"]
     before = [r for r in main_run["doc"]["images"] if r["path"] == str(first)][0]
-    np.testing.assert_allclose([f["landmarks"] for f in same["faces"]], [f["landmarks"] for f in before["faces"]],
-                               rtol=0, atol=1e-3)
+    np.testing.assert_allclose([f["landmarks"] for f in same["faces"]], [f["landmarks"] for f in before["faces"]][:1],
+                               rtol=0, atol=2e-3)
+    _, meta = deploy.load_torchscript(model_ts)
+    fallback_warning = "no crop rule fitted for the 'haar' face detector" in proc.stderr
+    assert fallback_warning == ("haar" not in meta["crop"]["boxes"]), proc.stderr
     assert same["timings_ms"]["detect"] == 0.0
     assert tex["faces"] == [] and "error" not in tex and tex["timings_ms"]["detect"] > 0
     assert [f["frame"] for f in frames] == [0, 1, 2]
     assert all(f["path"] == str(video) and f["width"] == 96 and f["height"] == 64 for f in frames)
-    assert [len(f["faces"]) for f in frames] == [0, 1, 0]
-    assert frames[1]["faces"][0]["box"] == [10.0, 5.0, 60.0, 55.0]
-    assert frames[0]["time_s"] < frames[1]["time_s"] < frames[2]["time_s"]
+    assert [len(f["faces"]) for f in frames] == [1, 0, 1]
+    assert frames[0]["faces"][0]["box"] == [3.0, 4.0, 40.0, 50.0]
+    assert frames[2]["faces"][0]["box"] == [10.0, 5.0, 60.0, 55.0]
+    assert frames[0]["t_s"] < frames[1]["t_s"] < frames[2]["t_s"]
+    assert all(set(f) == {"path", "frame", "t_s", "width", "height", "faces", "timings_ms"} for f in frames)
+
+
+def test_detected_face_matches_python(cli, model_ts, predictor, tmp_path):
+    """A real photo without given boxes: the Haar boxes equal pyflm.face_detection's
+    (same cascade and parameters; where that module exists) and the landmarks
+    equal the Python pipeline's on those boxes with the detector's crop rule."""
+    real = _real_image()
+    if real is None:
+        pytest.skip("no 300-W data")
+    image = real[0]
+    proc = _run(cli, "--model", model_ts, "--ops", _ops(), "--cascade", _cascade(), image)
+    assert proc.returncode == 0, proc.stderr
+    (r,) = json.loads(proc.stdout)["images"]
+    assert len(r["faces"]) >= 1
+    boxes = np.array([f["box"] for f in r["faces"]])
+    try:
+        from pyflm.face_detection import HaarFaceDetector
+    except ImportError:
+        HaarFaceDetector = None
+    if HaarFaceDetector is not None:
+        py_boxes, py_scores = HaarFaceDetector(cascade=_cascade())(cv2.imread(str(image)))
+        np.testing.assert_allclose(boxes, py_boxes, rtol=0, atol=1e-9)
+        np.testing.assert_allclose([f["detection_score"] for f in r["faces"]], py_scores, rtol=1e-9, atol=1e-12)
+    _, meta = deploy.load_torchscript(model_ts)
+    rule = "haar" if "haar" in meta["crop"]["boxes"] else "tight"
+    pts, _ = _python_landmarks(image, boxes, meta, predictor, box_type=rule)
+    assert np.abs(np.array([f["landmarks"] for f in r["faces"]]) - pts).max() < TOLERANCE_PX
 
 
 # ------------------------------------------------------------------------- exit code 2

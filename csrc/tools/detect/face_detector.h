@@ -17,6 +17,9 @@ struct Detection {
   double score;  // logistic of the cascade's last-stage weight; only for ranking
 };
 
+// The box type (crop rule name) of this detector's boxes, as pyflm.face_detection names it.
+inline constexpr const char* kDetectorBoxType = "haar";
+
 // Debian's opencv-data location of the default frontal-face cascade.
 inline constexpr const char* kDefaultCascade = "/usr/share/opencv4/haarcascades/haarcascade_frontalface_default.xml";
 

@@ -3,6 +3,7 @@
 // See usage_text() in options.cpp; the JSON it writes is described in
 // results_json.h.
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <iostream>
 #include <memory>
@@ -79,11 +80,21 @@ int run(const Options& o) {
   if (need_detector) detector = std::make_unique<HaarDetector>(o.cascade.empty() ? kDefaultCascade : o.cascade);
 
   const auto t_model = std::chrono::steady_clock::now();
-  LandmarkModel model(o.model, o.device, o.batch);
+  LandmarkModel model(o.model, o.device, /*warm_up=*/true);
   const double model_load_ms = ms_since(t_model);
-  const BoxRule rule = model.box_rule(o.box_type);
+  const BoxRule given_rule = model.box_rule(o.box_type);
+  BoxRule detector_rule = given_rule;
+  if (detector) {
+    if (model.has_box_rule(kDetectorBoxType)) {
+      detector_rule = model.box_rule(kDetectorBoxType);
+    } else {  // as pyflm.FaceLandmarker does
+      std::cerr << "pyflm-detect: warning: this model has no crop rule fitted for the 'haar' face detector; "
+                   "using the 'tight' rule, landmarks may be less accurate\n";
+      detector_rule = model.box_rule("tight");
+    }
+  }
 
-  Pipeline pipeline(model, rule, detector.get(), boxes, o.batch, o.out_dir);
+  Pipeline pipeline(model, given_rule, detector_rule, detector.get(), boxes, o.batch, o.out_dir);
   for (const auto& [path, error] : listing_failures) pipeline.add_failure(path, error);
   for (const Input& in : inputs) {
     if (in.video) pipeline.add_video(in.path);
@@ -98,8 +109,9 @@ int run(const Options& o) {
   doc["device"] = model.device();
   doc["box_type"] = o.box_type;
   doc["images"] = pipeline.records();
-  doc["timings_ms"] = {{"decode", t.decode}, {"detect", t.detect}, {"landmarks", t.landmarks},
-                       {"model_load", model_load_ms}, {"total", ms_since(t_start)}};
+  auto ms = [](double v) { return std::round(v * 100.0) / 100.0; };
+  doc["timings_ms"] = {{"decode", ms(t.decode)}, {"detect", ms(t.detect)}, {"landmarks", ms(t.landmarks)},
+                       {"model_load", ms(model_load_ms)}, {"total", ms(ms_since(t_start))}};
   try {
     write_json(o.json, doc);
   } catch (const std::exception& e) {

@@ -78,7 +78,7 @@ struct LandmarkModel::Impl {
   int num_landmarks = 0;
 };
 
-LandmarkModel::LandmarkModel(const std::string& path, const std::string& device_name, int warmup_batch)
+LandmarkModel::LandmarkModel(const std::string& path, const std::string& device_name, bool warm_up)
     : impl_(std::make_unique<Impl>()) {
   Impl& m = *impl_;
   try {
@@ -119,9 +119,8 @@ LandmarkModel::LandmarkModel(const std::string& path, const std::string& device_
   }
   if (m.input_size <= 0 || m.num_landmarks <= 0) throw SetupError(path + ": pyflm.json has a bad input_size or num_landmarks");
 
-  if (warmup_batch > 0) {
-    const int s = m.input_size;
-    std::vector<cv::Mat> zeros(static_cast<size_t>(warmup_batch), cv::Mat::zeros(s, s, CV_8UC3));
+  if (warm_up) {
+    const std::vector<cv::Mat> zeros{cv::Mat::zeros(m.input_size, m.input_size, CV_8UC3)};
     std::vector<float> c, sc;
     try {
       for (int i = 0; i < 2; ++i) predict(zeros, c, sc);
@@ -137,20 +136,44 @@ int LandmarkModel::input_size() const { return impl_->input_size; }
 int LandmarkModel::num_landmarks() const { return impl_->num_landmarks; }
 std::string LandmarkModel::device() const { return impl_->device.str(); }
 
-BoxRule LandmarkModel::box_rule(const std::string& box_type) const {
-  const nlohmann::json& meta = impl_->meta;
-  const nlohmann::json* boxes = nullptr;
+namespace {
+
+const nlohmann::json* crop_boxes(const nlohmann::json& meta) {
   if (meta.contains("crop") && meta["crop"].is_object() && meta["crop"].contains("boxes") &&
       meta["crop"]["boxes"].is_object()) {
-    boxes = &meta["crop"]["boxes"];
+    return &meta["crop"]["boxes"];
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+bool LandmarkModel::has_box_rule(const std::string& box_type) const {
+  const nlohmann::json* boxes = crop_boxes(impl_->meta);
+  return box_type == "tight" || (boxes != nullptr && boxes->contains(box_type));
+}
+
+BoxRule LandmarkModel::box_rule(const std::string& box_type) const {
+  const nlohmann::json& meta = impl_->meta;
+  const nlohmann::json* boxes = crop_boxes(meta);
+  if (box_type == "tight" && (boxes == nullptr || !boxes->contains("tight"))) {
+    BoxRule rule;  // the training square: scale x the larger side of the landmarks' box
+    try {
+      rule.scale = meta.at("crop").at("landmarks").value("scale", 1.3);
+    } catch (const std::exception&) {
+      rule.scale = 1.3;
+    }
+    return rule;
   }
   if (boxes == nullptr || !boxes->contains(box_type)) {
-    std::string have;
+    std::string have = "tight";
     if (boxes != nullptr) {
-      for (const auto& item : boxes->items()) have += (have.empty() ? "" : ", ") + item.key();
+      for (const auto& item : boxes->items()) {
+        if (item.key() != "tight") have += ", " + item.key();
+      }
     }
-    throw SetupError("the model has no crop rule for box type '" + box_type + "' (it has: " +
-                     (have.empty() ? "none" : have) + "); pass --box-type");
+    throw SetupError("the model has no crop rule for box type '" + box_type + "' (it has: " + have +
+                     "); pass --box-type");
   }
   BoxRule rule;
   try {

@@ -27,18 +27,22 @@ void set_threads(int threads);
 class LandmarkModel {
  public:
   // Loads the module onto `device` ("cpu", "cuda", "cuda:N") and reads its
-  // metadata; runs `warmup_batch` zero crops through it twice so that the
-  // first real call is not the JIT's profiling run. Throws SetupError for a
+  // metadata; with `warm_up`, runs one zero crop through it twice: the JIT's
+  // first two calls profile and optimise the graph (~0.7 s each here), and the
+  // optimised graph then serves every batch size. Throws SetupError for a
   // missing or unreadable model, one without pyflm.json, or an absent CUDA.
-  LandmarkModel(const std::string& path, const std::string& device, int warmup_batch);
+  LandmarkModel(const std::string& path, const std::string& device, bool warm_up);
   ~LandmarkModel();
 
   int input_size() const;     // S: crops are S x S
   int num_landmarks() const;  // K
   std::string device() const; // e.g. "cpu", "cuda:0"
 
-  // meta["crop"]["boxes"][box_type]; throws SetupError naming the types the model has.
+  // meta["crop"]["boxes"][box_type]; "tight" always exists (default: the
+  // landmark crop's scale around the box centre, as pyflm.FaceLandmarker).
+  // Throws SetupError naming the types the model has.
   BoxRule box_rule(const std::string& box_type) const;
+  bool has_box_rule(const std::string& box_type) const;
 
   // crops: N uint8 BGR S x S images -> coords [N * K * 2] (crop pixels) and
   // scores [N * K], row-major. Throws std::runtime_error when the model fails.

@@ -12,7 +12,7 @@ struct Options {
   std::string device = "cpu";       // --device cpu | cuda | cuda:N
   std::string cascade;              // --cascade: Haar cascade XML (empty: Debian's opencv-data file)
   std::string boxes;                // --boxes: JSON {"<path or basename>": [[x0, y0, x1, y1], ...]}
-  std::string box_type = "haar";    // --box-type: the crop rule meta["crop"]["boxes"][box_type]
+  std::string box_type = "tight";   // --box-type: the crop rule for --boxes, meta["crop"]["boxes"][box_type]
   int batch = 8;                    // --batch: faces per forward call
   int threads = 0;                  // --threads: CPU threads (0: libtorch's / OpenCV's default)
   std::string json;                 // --json: output file (empty: stdout)

@@ -1,6 +1,7 @@
 #include "pipeline.h"
 
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <iostream>
 #include <optional>
@@ -18,12 +19,19 @@ double ms_since(Clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
 }
 
+// JSON numbers rounded as pyflm's Face.to_dict writes them (coordinates 1e-3 px,
+// scores 1e-4, timings 1e-2 ms): far below the model's accuracy, and short.
+double round_to(double v, int decimals) {
+  const double scale = std::pow(10.0, decimals);
+  return std::round(v * scale) / scale;
+}
+
 }  // namespace
 
-Pipeline::Pipeline(LandmarkModel& model, const BoxRule& rule, HaarDetector* detector, const BoxesMap& boxes, int batch,
-                   std::string out_dir)
-    : model_(model), rule_(rule), detector_(detector), boxes_(boxes), batch_(static_cast<size_t>(batch)),
-      out_dir_(std::move(out_dir)) {}
+Pipeline::Pipeline(LandmarkModel& model, const BoxRule& given_rule, const BoxRule& detector_rule,
+                   HaarDetector* detector, const BoxesMap& boxes, int batch, std::string out_dir)
+    : model_(model), given_rule_(given_rule), detector_rule_(detector_rule), detector_(detector), boxes_(boxes),
+      batch_(static_cast<size_t>(batch)), out_dir_(std::move(out_dir)) {}
 
 Pipeline::Entry& Pipeline::new_entry(const std::string& path, int frame, double time_s) {
   Entry& e = entries_.emplace_back();
@@ -92,7 +100,10 @@ void Pipeline::add_video(const std::string& path) {
 
 void Pipeline::find_and_queue_faces(Entry& e, const std::string& suffix) {
   std::vector<Detection> faces;
-  if (const std::vector<Box>* given = find_boxes(boxes_, e.path, suffix)) {
+  const std::vector<Box>* given = find_boxes(boxes_, e.path, suffix);
+  if (given == nullptr && e.frame == 0) given = find_boxes(boxes_, e.path, "");  // a video's key: its first frame
+  const BoxRule& rule = given != nullptr ? given_rule_ : detector_rule_;
+  if (given != nullptr) {
     for (const Box& b : *given) faces.push_back({b, 1.0});
   } else {
     const auto t0 = Clock::now();
@@ -102,7 +113,7 @@ void Pipeline::find_and_queue_faces(Entry& e, const std::string& suffix) {
   const int s = model_.input_size();
   for (const Detection& d : faces) {
     const auto t0 = Clock::now();
-    const Affine to_crop = crop_matrix(box_to_square(rule_, d.box), s);
+    const Affine to_crop = crop_matrix(box_to_square(rule, d.box), s);
     queue_.push_back({&e, d.box, d.score, invert_affine(to_crop), warp_crop(e.image, to_crop, s)});
     ++e.pending;
     e.ms.landmarks += ms_since(t0);
@@ -137,11 +148,12 @@ void Pipeline::run_batch(size_t count) {
       for (int j = 0; j < k; ++j) {
         const size_t at = i * static_cast<size_t>(k) + static_cast<size_t>(j);
         const cv::Point2d p = apply_affine(f.to_image, {coords[2 * at], coords[2 * at + 1]});
-        points.push_back({p.x, p.y});
-        point_scores.push_back(scores[at]);
+        points.push_back({round_to(p.x, 3), round_to(p.y, 3)});
+        point_scores.push_back(round_to(scores[at], 4));
         drawing.landmarks.push_back(p);
       }
-      e.faces.push_back({{"box", {f.box[0], f.box[1], f.box[2], f.box[3]}},
+      e.faces.push_back({{"box", {round_to(f.box[0], 3), round_to(f.box[1], 3), round_to(f.box[2], 3),
+                                  round_to(f.box[3], 3)}},
                          {"landmarks", std::move(points)},
                          {"scores", std::move(point_scores)},
                          {"detection_score", f.detection_score}});
@@ -171,12 +183,13 @@ void Pipeline::complete(Entry& e) {
   r["path"] = e.path;
   if (e.frame >= 0) {
     r["frame"] = e.frame;
-    r["time_s"] = e.time_s;
+    r["t_s"] = round_to(e.time_s, 6);
   }
   r["width"] = e.image.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(e.image.cols);
   r["height"] = e.image.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(e.image.rows);
   r["faces"] = e.error.empty() ? std::move(e.faces) : nlohmann::ordered_json::array();
-  r["timings_ms"] = {{"decode", e.ms.decode}, {"detect", e.ms.detect}, {"landmarks", e.ms.landmarks}};
+  r["timings_ms"] = {{"decode", round_to(e.ms.decode, 2)}, {"detect", round_to(e.ms.detect, 2)},
+                     {"landmarks", round_to(e.ms.landmarks, 2)}};
   if (!e.error.empty()) {
     r["error"] = e.error;
     ++failures_;

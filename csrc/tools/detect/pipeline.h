@@ -24,9 +24,10 @@ struct Timings {
 
 class Pipeline {
  public:
-  // detector may be null when every input has given boxes; out_dir empty: no annotated images.
-  Pipeline(LandmarkModel& model, const BoxRule& rule, HaarDetector* detector, const BoxesMap& boxes, int batch,
-           std::string out_dir);
+  // given_rule crops the --boxes, detector_rule the detector's boxes; detector may be
+  // null when every input has given boxes; out_dir empty: no annotated images.
+  Pipeline(LandmarkModel& model, const BoxRule& given_rule, const BoxRule& detector_rule, HaarDetector* detector,
+           const BoxesMap& boxes, int batch, std::string out_dir);
 
   void add_image(const std::string& path);
   void add_video(const std::string& path);
@@ -67,7 +68,7 @@ class Pipeline {
   void complete(Entry& e);
 
   LandmarkModel& model_;
-  BoxRule rule_;
+  BoxRule given_rule_, detector_rule_;
   HaarDetector* detector_;
   const BoxesMap& boxes_;
   size_t batch_;

@@ -26,8 +26,11 @@ BoxesMap load_boxes(const std::string& path) {
   for (const auto& [key, list] : doc.items()) {
     const std::string where = "boxes file " + path + ", entry \"" + key + "\"";
     if (!list.is_array()) throw SetupError(where + ": expected a list of boxes [[x0, y0, x1, y1], ...]");
+    // one box [x0, y0, x1, y1] or a list of them
+    const bool single = !list.empty() && !list[0].is_array();
+    const nlohmann::json many = single ? nlohmann::json::array({list}) : list;
     std::vector<Box> boxes;
-    for (const auto& b : list) {
+    for (const auto& b : many) {
       if (!b.is_array() || b.size() != 4) throw SetupError(where + ": each box must be [x0, y0, x1, y1]");
       Box box{};
       for (size_t i = 0; i < 4; ++i) {
@@ -44,7 +47,11 @@ BoxesMap load_boxes(const std::string& path) {
 
 const std::vector<Box>* find_boxes(const BoxesMap& boxes, const std::string& path, const std::string& suffix) {
   if (boxes.empty()) return nullptr;
-  for (const std::string& key : {path + suffix, std::filesystem::path(path).filename().string() + suffix}) {
+  std::error_code ec;
+  const std::filesystem::path p(path);
+  const std::filesystem::path resolved = std::filesystem::weakly_canonical(p, ec);
+  for (const std::string& key : {path + suffix, (ec ? path : resolved.string()) + suffix,
+                                 p.filename().string() + suffix}) {
     if (auto it = boxes.find(key); it != boxes.end()) return &it->second;
   }
   return nullptr;
