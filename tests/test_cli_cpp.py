@@ -165,7 +165,7 @@ def _real_image() -> tuple[Path, np.ndarray] | None:
 @pytest.fixture(scope="module")
 def main_run(cli, model_ts, tmp_path_factory):
     """Synthetic PNGs with given boxes (by file name and by path; one with an
-    empty list), a real 300-W photo when present, a missing file, a corrupt
+    empty list; two with the same name in different folders), a real 300-W photo when present, a missing file, a corrupt
     JPEG and a text file; batch 2 across images, JSON and annotated images."""
     rng = np.random.default_rng()
     work = tmp_path_factory.mktemp("run")
@@ -178,6 +178,10 @@ def main_run(cli, model_ts, tmp_path_factory):
         key = path.name if i != 1 else str(path)
         boxes[key] = [_random_box(rng, h, w) for _ in range(n)]
         inputs.append(path)
+    (images / "sub").mkdir()
+    twin = images / "sub" / "synthetic_0.png"  # same name, other folder: its boxes are synthetic_0.png's
+    cv2.imwrite(str(twin), _synthetic_image(rng, 120, 160))
+    inputs.append(twin)
     real = _real_image()
     if real is not None:
         pts = real[1]
@@ -275,6 +279,7 @@ def test_output_written_atomically(main_run):
     written = sorted(p.name for p in out_dir.iterdir())
     good = [p.name for p in main_run["inputs"] if p.suffix in (".png", ".jpg") and p.name not in
             ("missing.png", "corrupt.jpg")]
+    good[good.index("synthetic_0.png", 1)] = "synthetic_0_2.png"  # the second one is never overwritten
     assert written == sorted(good)
     annotated = cv2.imread(str(out_dir / "synthetic_0.png"))
     original = cv2.imread(str(main_run["inputs"][0]))

@@ -172,7 +172,8 @@ void Pipeline::complete_ready() {
 
 void Pipeline::complete(Entry& e) {
   if (e.error.empty() && !out_dir_.empty()) {
-    const std::string out = (std::filesystem::path(out_dir_) / annotated_name(e.path, e.frame)).string();
+    const std::string name = unique_output_name(annotated_name(e.path, e.frame));
+    const std::string out = (std::filesystem::path(out_dir_) / name).string();
     try {
       write_image_atomic(out, draw_faces(e.image, e.drawings));
     } catch (const std::exception& err) {
@@ -201,6 +202,17 @@ void Pipeline::complete(Entry& e) {
   totals_.detect += e.ms.detect;
   totals_.landmarks += e.ms.landmarks;
   records_.push_back(std::move(r));
+}
+
+std::string Pipeline::unique_output_name(const std::string& name) {
+  // a.jpg from two folders: a.jpg, a_2.jpg, ...
+  const std::filesystem::path p(name);
+  std::string candidate = name;
+  for (int n = 2; used_names_.count(candidate) != 0; ++n) {
+    candidate = p.stem().string() + "_" + std::to_string(n) + p.extension().string();
+  }
+  used_names_.insert(candidate);
+  return candidate;
 }
 
 void Pipeline::finish() {

@@ -7,6 +7,7 @@
 #include <opencv2/core.hpp>
 
 #include <deque>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -66,6 +67,7 @@ class Pipeline {
   void run_batch(size_t count);
   void complete_ready();
   void complete(Entry& e);
+  std::string unique_output_name(const std::string& name);
 
   LandmarkModel& model_;
   BoxRule given_rule_, detector_rule_;
@@ -75,6 +77,7 @@ class Pipeline {
   std::string out_dir_;
   std::deque<Entry> entries_;
   std::deque<PendingFace> queue_;
+  std::set<std::string> used_names_;  // annotated files written so far: never overwrite one
   nlohmann::ordered_json records_ = nlohmann::ordered_json::array();
   Timings totals_;
   int failures_ = 0;
