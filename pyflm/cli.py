@@ -339,7 +339,49 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"  box {f['box']}  mean landmark score {np.mean(f['scores']):.3f}  "
               f"eye corners {lms[36].round(1).tolist()} {lms[45].round(1).tolist()}")
     print(f"wrote {image_out} and {json_path}")
+    if sample.is_file() and not args.no_cpp:
+        return _demo_cpp(lm, sample, out_dir, entry)
     return 0
+
+
+def _demo_cpp(lm, sample: Path, out_dir: Path, entry: dict) -> int:
+    """The same photo through the C++ binary (exported model, same crops): the
+    landmarks must agree with Python's."""
+    import subprocess
+
+    import numpy as np
+
+    from pyflm import _cpp_tool, deploy
+
+    binary = _cpp_tool.binary_path()
+    if binary is None:
+        print("C++ binary: not built in this install (needs libopencv-dev and nlohmann-json3-dev at install time)")
+        return 0
+    if not isinstance(lm.model_source, str) or not Path(lm.model_source).is_file():
+        return 0
+    ts = out_dir / "model.ts"
+    src = Path(lm.model_source)
+    if src.suffix == ".ts":
+        ts = src
+    else:
+        deploy.export_torchscript(deploy.load_model_file(src), ts)
+    cpp_json, cpp_dir = out_dir / "landmarks_cpp.json", out_dir / "cpp"
+    cmd = [str(binary), "--model", str(ts), "--threads", "1", "--json", str(cpp_json), "--out-dir", str(cpp_dir),
+           str(sample)]
+    print("C++:", " ".join(cmd))
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        _err(f"demo: the C++ binary failed ({done.returncode}): {done.stderr.strip()}")
+        return 1
+    faces = json.loads(cpp_json.read_text(encoding="utf-8"))["images"][0]["faces"]
+    if len(faces) != len(entry["faces"]):
+        _err(f"demo: C++ found {len(faces)} face(s), Python {len(entry['faces'])}")
+        return 1
+    diff = max((float(np.abs(np.asarray(a["landmarks"]) - np.asarray(b["landmarks"])).max())
+                for a, b in zip(faces, entry["faces"])), default=0.0)
+    print(f"C++ binary: {len(faces)} face(s), landmarks within {diff:.4f} px of Python's; "
+          f"wrote {cpp_dir / sample.name} and {cpp_json}")
+    return 0 if diff <= 0.05 else 1
 
 
 def _demo_ops(args: argparse.Namespace) -> int:
@@ -594,10 +636,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="landmarks on the bundled sample photo (annotated picture + JSON)",
                        description="Run the detector on pyflm/assets/astronaut.jpg and write the annotated "
-                                   "picture and the JSON to --out.")
+                                   "picture and the JSON to --out; then the same through the C++ binary "
+                                   "pyflm-detect (when this install has it), checking both agree.")
     p.add_argument("--out", default="pyflm_demo", help="output folder (default: pyflm_demo)")
     _add_model_args(p)
     p.add_argument("--ops", action="store_true", help="instead: a round trip through the heatmap ops (no model)")
+    p.add_argument("--no-cpp", action="store_true",
+                   help="skip the C++ binary (by default the photo also goes through pyflm-detect when it was built)")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("export", help="save the model as TorchScript (for the C++ tool or torch.jit.load)",
