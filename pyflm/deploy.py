@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -63,19 +61,9 @@ def default_model_path() -> Path:
 
 # --------------------------------------------------------------------- model files
 def _atomic_save(obj: Any, path: Path, saver) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        saver(obj, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a model file is for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from pyflm.io import atomic_write
+
+    atomic_write(path, lambda f: saver(obj, f))
 
 
 def save_model_file(path, task: str, model_kwargs: dict, state_dict: dict, meta: dict) -> Path:
@@ -341,8 +329,8 @@ def export_torchscript(model_file: dict, path, device: str = "cpu") -> Path:
     meta["exported_with"] = {"torch": torch.__version__}
     extra = {EXTRA_FILE: json.dumps(meta, indent=2, sort_keys=True)}
 
-    def saver(m, tmp):
-        torch.jit.save(m, tmp, _extra_files=extra)
+    def saver(m, f):
+        torch.jit.save(m, f, _extra_files=extra)
 
     _atomic_save(scripted, Path(path), saver)
     return Path(path)

@@ -43,6 +43,7 @@ __all__ = [
     "iter_images",
     "is_video",
     "iter_video_frames",
+    "atomic_write",
     "write_image_atomic",
     "write_json_atomic",
 ]
@@ -227,17 +228,21 @@ def _umask() -> int:
     return mask
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync, then os.replace;
-    on any failure the temp file is removed and ``path`` is untouched."""
+def atomic_write(path, write) -> Path:
+    """Write a file atomically: ``write(f)`` fills a temp file (binary mode) in
+    the same folder, which is fsynced, given the umask's permissions (mkstemp
+    makes 0600) and renamed over ``path``. On any failure the temp file is
+    removed and ``path`` is untouched. The one implementation pyflm, training
+    and the benchmarks use for every file they write."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are ordinary files
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -245,6 +250,11 @@ def _write_bytes_atomic(path: Path, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+    return path
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
 
 
 def write_image_atomic(path, image: np.ndarray, params: list[int] | None = None) -> None:

@@ -315,7 +315,6 @@ def _write_pts(path, pts):
 def test_main_without_peers_or_pyflm_api(tmp_path, monkeypatch):
     """The command line end to end on a tiny data root: pyflm without
     FaceLandmarker is skipped with its reason, and the JSON still lands."""
-    import pyflm
 
     monkeypatch.setattr(compare, "pyflm_available", lambda: "pyflm has no FaceLandmarker (simulated)")
     rng = np.random.default_rng()

@@ -39,7 +39,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
 import warnings
 from contextlib import nullcontext
@@ -205,24 +204,9 @@ def build_datasets(cfg: dict, input_size: int) -> tuple[LandmarkDataset, Landmar
 
 
 def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    from pyflm.io import atomic_write
+
+    atomic_write(path, write)
 
 
 def save_checkpoint(path, state: dict) -> None:

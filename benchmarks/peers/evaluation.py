@@ -9,8 +9,6 @@ is the bounding box of the 68 ground-truth landmarks.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -189,19 +187,11 @@ def speed_table(rows: dict[str, dict], style: str = "markdown") -> str:
 
 
 def write_json_atomic(path, obj) -> Path:
-    """Write ``obj`` as JSON to ``path`` via a temp file in the same folder + os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True, default=_json_default)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    """Write ``obj`` as JSON (sorted keys, NumPy values converted) atomically."""
+    from pyflm.io import atomic_write
+
+    text = json.dumps(obj, indent=1, sort_keys=True, default=_json_default) + "\n"
+    return atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _json_default(o):

@@ -356,6 +356,7 @@ def run_job(job: dict, progress: bool = False) -> dict:
 
 
 def write_json_atomic(path, obj) -> Path:
+    # Its own copy: this worker runs in the peers' venv, where pyflm (and torch) are absent.
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
