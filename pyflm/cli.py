@@ -449,7 +449,7 @@ def _predict_split(lm, samples, crops: str, min_iou: float, desc: str, quiet: bo
     from pyflm.data.crops import Crop, square_from_landmarks
     from pyflm.face_detection import match_detections
     from pyflm.io import load_image
-    from pyflm.landmarker import tight_box
+    from pyflm.data import tight_box
 
     preds, gts, missed, batch = [], [], 0, []
     scale, center = lm.landmark_rule

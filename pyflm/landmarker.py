@@ -47,8 +47,8 @@ import numpy as np
 import torch
 
 from pyflm import deploy
-from pyflm.data.crops import BoxToSquare, Crop, square_from_landmarks
-from pyflm.face_detection import get_face_detector
+from pyflm.data.crops import BoxToSquare, Crop, square_from_landmarks, tight_box
+from pyflm.face_detection import box_iou, get_face_detector
 from pyflm.io import iter_images, iter_video_frames, load_image
 from pyflm.smoothing import OneEuroFilter
 
@@ -147,19 +147,8 @@ def check_boxes(boxes, name: str = "boxes") -> np.ndarray:
     return a
 
 
-def tight_box(landmarks) -> np.ndarray:
-    """float64 [4]: the bounding box of points [K, 2]."""
-    p = np.asarray(landmarks, dtype=np.float64)
-    return np.concatenate([p.min(0), p.max(0)])
-
-
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    if w <= 0 or h <= 0:
-        return 0.0
-    inter = w * h
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+    return float(box_iou(a, b)[0, 0])
 
 
 def _frozen(predictor):

@@ -20,9 +20,9 @@ from benchmarks.peers.evaluation import (
     latency_summary,
     match_detection,
     speed_table,
-    tight_box,
     write_json_atomic,
 )
+from pyflm.data import tight_box
 
 WORKER_PATH = Path(compare.__file__).with_name("peer_worker.py")
 

@@ -37,17 +37,11 @@ from typing import Sequence
 
 import numpy as np
 
-from pyflm.data import BoxToSquare, Sample, fit_box_to_square, load_split, square_from_landmarks
+from pyflm.data import BoxToSquare, Sample, fit_box_to_square, load_split, square_from_landmarks, tight_box
 from pyflm.face_detection import FaceDetector, box_iou, get_face_detector, match_detections
 from pyflm.io import load_image, write_json_atomic
 
-__all__ = ["tight_box", "detect_faces", "crop_quality", "fit_rule", "run", "main"]
-
-
-def tight_box(landmarks) -> np.ndarray:
-    """Bounding box (x_min, y_min, x_max, y_max) of [N, 2] landmarks."""
-    pts = np.asarray(landmarks, dtype=np.float64)
-    return np.concatenate([pts.min(axis=0), pts.max(axis=0)])
+__all__ = ["detect_faces", "crop_quality", "fit_rule", "run", "main"]
 
 
 def _group_by_image(samples: Sequence[Sample]) -> dict[Path, list[int]]:

@@ -51,9 +51,9 @@ from benchmarks.peers.evaluation import (
     latency_summary,
     match_detection,
     speed_table,
-    tight_box,
     write_json_atomic,
 )
+from pyflm.data import tight_box
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pyflm import metrics
+from pyflm.face_detection import box_iou
 
 # A detection belongs to the annotated face when its IoU with the face's tight
 # box is at least this. Detector boxes differ from tight boxes in shape and size
@@ -23,22 +24,9 @@ from pyflm import metrics
 MATCH_MIN_IOU = 0.3
 
 
-def tight_box(landmarks) -> np.ndarray:
-    """[4] float64 (x0, y0, x1, y1): the bounding box of [N, 2] landmarks."""
-    pts = np.asarray(landmarks, dtype=np.float64)
-    if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) == 0:
-        raise ValueError(f"landmarks must be [N, 2] with N >= 1, got {pts.shape}")
-    return np.concatenate([pts.min(axis=0), pts.max(axis=0)])
-
-
 def iou(a, b) -> float:
-    """Intersection over union of two (x0, y0, x1, y1) boxes (0 when either is empty)."""
-    a, b = np.asarray(a, dtype=np.float64)[:4], np.asarray(b, dtype=np.float64)[:4]
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
+    """Intersection over union of two (x0, y0, x1, y1[, score]) boxes (0 when either is empty)."""
+    return float(box_iou(np.asarray(a, dtype=np.float64)[:4], np.asarray(b, dtype=np.float64)[:4])[0, 0])
 
 
 def match_detection(face_box, detections, min_iou: float = MATCH_MIN_IOU) -> int | None:

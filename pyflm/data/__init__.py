@@ -25,6 +25,7 @@ from pyflm.data.crops import (
     invert_affine,
     similarity_matrix,
     square_from_landmarks,
+    tight_box,
     transform_points,
     warp_image,
 )
@@ -54,7 +55,7 @@ __all__ = [
     # splits
     "Sample", "SPLITS", "split_names", "default_data_root", "load_folder", "load_split",
     # crops
-    "square_from_landmarks", "BoxToSquare", "fit_box_to_square", "crop_matrix", "similarity_matrix",
+    "square_from_landmarks", "tight_box", "BoxToSquare", "fit_box_to_square", "crop_matrix", "similarity_matrix",
     "invert_affine", "compose_affine", "transform_points", "warp_image", "Crop",
     # augmentation
     "AugmentConfig", "PAPER1", "PAPER2", "AugmentParams", "AugmentResult", "sample_params",

@@ -25,6 +25,7 @@ import numpy as np
 
 __all__ = [
     "square_from_landmarks",
+    "tight_box",
     "BoxToSquare",
     "fit_box_to_square",
     "crop_matrix",
@@ -42,6 +43,13 @@ def _as_pts(landmarks) -> np.ndarray:
     if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) == 0:
         raise ValueError(f"landmarks must be [N, 2] with N >= 1, got {pts.shape}")
     return pts
+
+
+def tight_box(landmarks) -> np.ndarray:
+    """float64 [4] (x_min, y_min, x_max, y_max): the bounding box of [N, 2]
+    landmarks (the "tight" box type of the crop rules)."""
+    pts = _as_pts(landmarks)
+    return np.concatenate([pts.min(axis=0), pts.max(axis=0)])
 
 
 def square_from_landmarks(landmarks, scale: float = 1.3, center: str = "centroid") -> tuple[float, float, float]:
