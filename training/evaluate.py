@@ -140,14 +140,14 @@ def task_predictor(task, device) -> Callable[[dict], torch.Tensor]:
 
 def evaluate_models(models: Mapping[str, dict], splits: Mapping[str, Sequence[Sample]], out_dir=None,
                     crops="gt", boxes_rule: BoxToSquare | None = None, batch_size: int = 16,
-                    verbose: bool = True, num_workers: int = 0) -> dict:
+                    verbose: bool = True, num_workers: int = 0, extra_meta: Mapping | None = None) -> dict:
     """Evaluate several models on several splits.
 
     ``models``: {label: {"predict": callable(batch) -> crop px [B, K, 2],
     "input_size": int, "crop_scale", "crop_center", "mean", "std"}} (the last
     four optional). ``splits``: {name: samples}. Returns {label: {split:
-    metrics}} with per-image errors; writes results.json and ced_<split>.png
-    to ``out_dir`` when given."""
+    metrics}} with per-image errors; writes results.json (``extra_meta`` goes
+    into its "_meta") and ced_<split>.png to ``out_dir`` when given."""
     crop_fn = _crop_fn(crops, boxes_rule)
     results: dict = {}
     for label, spec in models.items():
@@ -168,7 +168,8 @@ def evaluate_models(models: Mapping[str, dict], splits: Mapping[str, Sequence[Sa
                            for split, m in per.items()}
                    for label, per in results.items()}
         payload["_meta"] = {"crops": crops if isinstance(crops, str) else "callable",
-                            "metrics": "fractions; nme = outer-eye-corner (inter-ocular) normalised"}
+                            "metrics": "fractions; nme = outer-eye-corner (inter-ocular) normalised",
+                            **(extra_meta or {})}
         _atomic_write(out_dir / "results.json", lambda f: f.write(json.dumps(payload, indent=2).encode()))
         for split in splits:
             curves = {label: results[label][split]["per_image"]["nme"] for label in results}
@@ -179,12 +180,6 @@ def evaluate_models(models: Mapping[str, dict], splits: Mapping[str, Sequence[Sa
     if verbose:
         print(summary_table(results))
     return results
-
-
-def _add_detection_stats(results_file: Path, stats: dict, detector: str, rule: BoxToSquare) -> None:
-    data = json.loads(results_file.read_text(encoding="utf-8"))
-    data["_meta"]["detector"] = {"name": detector, "rule": dataclasses.asdict(rule), "splits": stats}
-    _atomic_write(results_file, lambda f: f.write(json.dumps(data, indent=2).encode()))
 
 
 def _file_safe(name: str) -> str:
@@ -284,13 +279,15 @@ def main(argv=None) -> int:
                 label = f"{label}/{Path(path).stem}"
             models[label] = {"predict": task_predictor(task, device), "input_size": int(task.input_size),
                              "crop_scale": d["crop_scale"], "crop_center": d["crop_center"], "mean": mean, "std": std}
+        extra = None
+        if det_stats is not None:
+            extra = {"detector": {"name": args.detector, "rule": dataclasses.asdict(rule), "splits": det_stats}}
         results = evaluate_models(models, splits, out, crops=crops, boxes_rule=rule, batch_size=args.batch_size,
-                                  num_workers=args.workers)
+                                  num_workers=args.workers, extra_meta=extra)
         if det_stats is not None:
             print(f"\n{args.detector} detections (faces missed are not in the NME):")
             for name, st in det_stats.items():
                 print(f"  {name}: {st['detected']}/{st['faces']} detected, {st['detection_misses']} missed")
-            _add_detection_stats(out / "results.json", det_stats, args.detector, rule)
             for label in results:  # the detection stats beside each model's metrics
                 for name, st in det_stats.items():
                     results[label][name].update(st)
