@@ -23,7 +23,6 @@ binary loads. Python and C++ therefore run the same graph.
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -121,13 +120,14 @@ _DECODE = {  # task -> (decoder kind, its options); see _Decoder
 def default_meta(task: str, input_size: int, num_landmarks: int = 68, output_stride: float | None = None,
                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop_scale: float = 1.3,
                  crop_center: str = "centroid", refine: str = "dark") -> dict:
-    """The meta of a model file (JSON-able): what a consumer needs besides the weights."""
+    """The meta of a model file (JSON-able): what a consumer needs besides the weights.
+
+    ``output_stride`` is the network's (``model.output_stride``: input pixels
+    per heatmap pixel; None for coordinate regressors)."""
     kind, opts = _DECODE.get(task, ("soft", {}))
     decode = {"kind": kind, "stride": float(output_stride or 1.0), "temperature": 1.0,
               "softmax": bool(opts.get("softmax", False)), "drop_last": bool(opts.get("drop_last", False)),
               "refine": refine}
-    if task == "compact" and kind == "soft" and output_stride is None:
-        decode["stride"] = 4.0
     import pyflm
 
     return {
@@ -346,8 +346,7 @@ def load_torchscript(path, device: str = "cpu") -> tuple[torch.jit.ScriptModule,
         raise ModelFileError(f"exported model not found: {path}")
     extra = {EXTRA_FILE: ""}
     try:
-        with open(path, "rb") as f:
-            module = torch.jit.load(io.BytesIO(f.read()), map_location=device, _extra_files=extra)
+        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     except Exception as e:
         raise ModelFileError(f"cannot load TorchScript model {path}: {e}") from e
     if not extra[EXTRA_FILE]:
