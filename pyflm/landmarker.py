@@ -147,10 +147,6 @@ def check_boxes(boxes, name: str = "boxes") -> np.ndarray:
     return a
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float(box_iou(a, b)[0, 0])
-
-
 def _frozen(predictor):
     """TorchScript + freeze (see FaceLandmarker's ``optimize``); eager on failure."""
     from pyflm import _library
@@ -445,9 +441,12 @@ class FaceLandmarker:
         def new_tracks(faces: list[Face], old: list[dict]) -> list[dict]:
             out = []
             for f in faces:
-                fb = tight_box(f.landmarks)
-                match = max(old, key=lambda tr: _iou(fb, tight_box(tr["raw"])), default=None)
-                if match is not None and _iou(fb, tight_box(match["raw"])) > 0.3:
+                match = None
+                if old:  # the old track this face overlaps most, if by more than 0.3
+                    ious = box_iou(tight_box(f.landmarks), [tight_box(tr["raw"]) for tr in old])[0]
+                    k = int(np.argmax(ious))
+                    match = old[k] if ious[k] > 0.3 else None
+                if match is not None:
                     old.remove(match)
                     filt = match["filter"]
                 else:
