@@ -81,7 +81,9 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle error, not a torch file at all
-        raise ModelFileError(f"cannot read model file {path} (truncated, corrupt or not a torch file): {e}") from e
+        # torch's own text suggests weights_only=False, wrong advice for a damaged file: name the error, chain it
+        raise ModelFileError(f"cannot read model file {path}: truncated, corrupt or not a torch file "
+                             f"({type(e).__name__} from torch.load)") from e
 
 
 def load_model_file(path) -> dict:
