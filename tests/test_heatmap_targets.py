@@ -403,3 +403,30 @@ def test_out_errors(compiled, change, match):
     with pytest.raises(RuntimeError, match=match):
         torch.ops.pyflm.heatmap_targets.out(coords, None, 8, 6, 1.5, "gaussian", False,
                                             targets=targets, mask=mask)
+
+
+# ------------------------------------------- large targets (streaming stores)
+
+# Targets of 8 MiB and more are written with non-temporal stores on the CPU
+# (csrc/ops/cpu/heatmap_targets_kernel.cpp, kStreamBytes): a different store
+# path, checked here at sizes past that bound, with an odd width so rows start
+# at every alignment, into fresh poisoned tensors and NaN-filled out= buffers.
+LARGE = {torch.float64: (2, 68, 97, 83), torch.float32: (3, 68, 97, 113), torch.float16: (4, 69, 127, 123),
+         torch.bfloat16: (4, 69, 127, 123)}
+
+
+@pytest.mark.parametrize("kind,bg", KIND_BG, ids=KIND_IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_large_targets_match_reference(compiled, device, poison, kind, bg, dtype):
+    B, K, H, W = LARGE[dtype]
+    assert B * (K + 1) * H * W * dtype.itemsize > 8 << 20 and B * K * H * W * dtype.itemsize > 8 << 20
+    coords, vis, seed = random_landmarks(B, K, H, W, device, dtype)
+    sigma = random.choice([1.0, 2.0, 3.5])
+    tr, mr = ref64(coords, vis, H, W, sigma, kind, bg)
+    t, m = compiled.heatmap_targets(coords, vis, H, W, sigma, kind, bg)
+    torch.testing.assert_close(t.double(), tr, **TOLERANCES[dtype], msg=lambda s: f"seed={seed}: {s}")
+    torch.testing.assert_close(m.double(), mr, atol=0, rtol=0, msg=lambda s: f"seed={seed}: {s}")
+    out = _out_buffers(coords, kind, bg, H, W)
+    compiled.heatmap_targets.out(coords, vis, H, W, sigma, kind, bg, targets=out[0], mask=out[1])
+    torch.testing.assert_close(out[0], t, atol=0, rtol=0, msg=lambda s: f"seed={seed}: {s}")
+    torch.testing.assert_close(out[1], m, atol=0, rtol=0, msg=lambda s: f"seed={seed}: {s}")
