@@ -395,6 +395,34 @@ def test_fit_detector_crops_recovers_a_known_rule(tmp_path, rng):
     assert small["fit"]["images"] == 3
 
 
+def test_fit_detector_crops_box_centre(tmp_path, rng):
+    """--center box (models trained on box-centred crops): the tight rule is
+    exactly the training crop (dx = dy = 0, scale 1.3) and a detector's rule is
+    fitted to box-centred squares."""
+    from pyflm.data import load_folder, square_from_landmarks
+    from training.fit_detector_crops import run
+
+    folder, _ = _synthetic_split(tmp_path, rng)
+    squares = {s.image_path.stem: square_from_landmarks(s.landmarks, 1.3, "box") for s in load_folder(folder)}
+    assert any(abs(a[1] - square_from_landmarks(s.landmarks, 1.3, "centroid")[1]) > 1  # the centres differ
+               for s, a in zip(load_folder(folder), squares.values()))
+    by_width = {200 + int(k[1:]): v for k, v in squares.items()}
+
+    def fake_detector(img):
+        cx, cy, side = by_width[img.shape[1]]
+        b = side / 1.1
+        x0, y0 = cx + 0.05 * side - b / 2, cy - b / 2
+        return [[x0, y0, x0 + b, y0 + b]], [0.9]
+
+    report, _ = run(CallableDetector(fake_detector, name="fake"), split=str(folder), progress=False, center="box")
+    np.testing.assert_allclose([report["rule"][k] for k in ("dx", "dy", "scale")], [-0.055, 0, 1.1], atol=1e-6)
+    np.testing.assert_allclose([report["tight_rule"][k] for k in ("dx", "dy", "scale")], [0, 0, 1.3], atol=1e-9)
+    assert report["center"] == "box" and "'box'" in report["target"]
+    assert report["fit"]["tight_crops"]["centre_error"]["p90"] < 1e-9
+    with pytest.raises(ValueError, match="center"):
+        run(CallableDetector(fake_detector, name="fake"), split=str(folder), progress=False, center="middle")
+
+
 def test_fit_detector_crops_cli(tmp_path, rng, capsys):
     from training.fit_detector_crops import main
 

@@ -459,6 +459,62 @@ def test_non_finite_loss_stops(tmp_path, data_dirs):
         T.train(cfg, tmp_path / "nan", progress=False, device="cpu")
 
 
+def test_init_from_starts_from_the_given_weights(tmp_path, data_dirs):
+    """train.init_from (and --init-from): run b starts from run a's weights (an
+    lr of ~0 keeps them), run c without it does not; resume ignores it."""
+    tr, va = data_dirs
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    cfg_a = write_config(tmp_path, config_text(tr, va, steps=3, val_every=3), "a.toml")
+    assert T.main(["--config", str(cfg_a), "--out", str(a), "--device", "cpu", "--no-progress"]) == 0
+    still = config_text(tr, va, steps=1, val_every=1).replace("lr = 0.01", "lr = 1e-30")
+    cfg_b = write_config(tmp_path, still.replace("seed = 3", f'seed = 3\ninit_from = "{a / "last.pt"}"'), "b.toml")
+    assert T.main(["--config", str(cfg_b), "--out", str(b), "--device", "cpu", "--no-progress"]) == 0
+    cfg_c = write_config(tmp_path, still, "c.toml")
+    assert T.main(["--config", str(cfg_c), "--out", str(c), "--device", "cpu", "--no-progress",
+                   "--init-from", str(a / "best.pt")]) == 0
+    wa, wb, wc = (torch.load(p / "last.pt", weights_only=True)["model"] for p in (a, b, c))
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]) and torch.equal(wa[k], wc[k]), k
+    fresh = tmp_path / "fresh"
+    assert T.main(["--config", str(cfg_c), "--out", str(fresh), "--device", "cpu", "--no-progress"]) == 0
+    wf = torch.load(fresh / "last.pt", weights_only=True)["model"]
+    assert not torch.equal(wa["fc.weight"], wf["fc.weight"])  # the check above can fail
+    # --resume restores last.pt whole; init_from does not overwrite it
+    assert T.main(["--config", str(cfg_b), "--out", str(fresh), "--device", "cpu", "--no-progress", "--resume",
+                   "--max-steps", "2"]) == 0
+    assert not torch.equal(torch.load(fresh / "last.pt", weights_only=True)["model"]["fc.weight"], wa["fc.weight"])
+
+
+def test_init_from_errors_before_training(tmp_path, data_dirs, capsys):
+    tr, va = data_dirs
+    cfg = write_config(tmp_path, config_text(tr, va, steps=1, val_every=1))
+    args = ["--config", str(cfg), "--device", "cpu", "--no-progress"]
+    for bad, match in [(tmp_path / "missing.pt", "not found"),
+                       (Path(__file__).resolve().parents[1] / "pyflm" / "weights" / "default.pt",
+                        "does not fit this model")]:
+        out = tmp_path / f"run-{bad.stem}"
+        assert T.main(args + ["--out", str(out), "--init-from", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert "train.init_from" in err and match in err and str(bad) in err, err
+        assert not out.exists()
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match=r"train\.init_from: .*junk\.pt"):
+        T.load_init_weights(FakeNet(K), junk)
+
+
+def test_init_from_the_bundled_model(tmp_path):
+    """The bundled model file starts a compact run (stage 2 of the default model)."""
+    from pyflm import deploy
+
+    path = deploy.default_model_path()
+    mf = deploy.load_model_file(path)
+    task = T.build_task({"task": mf["task"], **mf["model_kwargs"]})
+    T.load_init_weights(task.model, path)
+    for k, v in task.model.state_dict().items():
+        assert torch.equal(v, mf["state_dict"][k]), k
+
+
 def test_crop_to_image_inverse():
     rng = np.random.default_rng(0)
     m = np.stack([np.hstack([rng.normal(size=(2, 2)) + 2 * np.eye(2), rng.normal(size=(2, 1))]) for _ in range(3)])

@@ -1,18 +1,24 @@
 """Train, evaluate and package pyflm's bundled default model in one command.
 
     python -m training.build_default_model [--out runs/default] [--skip-train]
-        [--device cpu|cuda] [--root DATA]
+        [--stage1 FILE] [--device cpu|cuda] [--root DATA]
 
 Steps (each writes under ``--out``; a finished step's outputs are reused with
 ``--skip-train`` / when present):
 
 1. ``training.train --config training/configs/default.toml`` (the compact
-   heatmap model, 300-W train minus a held-out 10%);
-2. ``training.fit_detector_crops --detector haar`` on the 300-W train images:
-   the Haar box -> crop rule (and the tight-landmark-box rule);
-3. ``training.evaluate`` of ``best.pt`` on the 300-W common, HELEN and LFPW
-   test sets, with ground-truth crops and with Haar detector crops;
-4. the model file ``pyflm/weights/default.pt`` (:mod:`pyflm.deploy` format):
+   heatmap model, 300-W train minus a held-out 10%, crops centred at the
+   landmarks' centroid) into ``--out``; ``--stage1 FILE`` skips it and starts
+   stage 2 from FILE's weights instead (a checkpoint or model file, e.g. a
+   copy of the bundled model this stage once produced);
+2. ``training.train --config training/configs/default_box.toml``, initialised
+   from stage 1: fine-tuned on crops centred at the landmarks' box centre, the
+   centre a face box determines, into ``--out``/box;
+3. ``training.fit_detector_crops --detector haar --center box`` on the 300-W
+   train images: the Haar box -> crop rule (and the tight-landmark-box rule);
+4. ``training.evaluate`` of stage 2's ``best.pt`` on the 300-W common, HELEN
+   and LFPW test sets, with ground-truth crops and with Haar detector crops;
+5. the model file ``pyflm/weights/default.pt`` (:mod:`pyflm.deploy` format):
    weights, the fitted crop rules and the measured accuracy in its meta, so
    ``pyflm info`` shows them.
 
@@ -34,6 +40,7 @@ __all__ = ["package", "main"]
 DATA_LICENCE = ("Trained on the 300-W training images (AFW, HELEN, LFPW; iBUG annotations), which are licensed "
                 "for non-commercial research only; the weights carry the same restriction.")
 SPLITS = ("common", "helen-test", "lfpw-test")
+STAGES = ("training/configs/default.toml", "training/configs/default_box.toml")
 KEPT = ("nme", "eye_nme", "fr@0.08", "fr@0.1", "auc@0.08", "n", "detected", "detection_misses", "detected_fraction")
 
 
@@ -65,7 +72,7 @@ def package(checkpoint, rules_file, out_file, eval_gt=None, eval_detector=None) 
     meta["metrics"] = metrics
     meta["metrics_note"] = "fractions; nme = inter-ocular (outer eye corners 36, 45); 300-W test sets"
     meta["licence"] = DATA_LICENCE
-    meta["training"]["source"] = "training/configs/default.toml"
+    meta["training"]["source"] = " then ".join(STAGES)
     return deploy.save_model_file(out_file, mf["task"], mf["model_kwargs"], mf["state_dict"], meta)
 
 
@@ -73,34 +80,42 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.build_default_model", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/default", help="run folder (default runs/default)")
     p.add_argument("--model-out", default=str(deploy.default_model_path()), help="model file to write")
-    p.add_argument("--skip-train", action="store_true", help="use <out>/best.pt as it is")
+    p.add_argument("--skip-train", action="store_true", help="use <out>/box/best.pt as it is")
+    p.add_argument("--stage1", default=None, metavar="FILE",
+                   help="start stage 2 from these weights instead of training stage 1")
     p.add_argument("--device", default=None)
     p.add_argument("--root", default=None, help="data root (default PYFLM_DATA or ../shared/data)")
     args = p.parse_args(argv)
     out = Path(args.out)
     root = ["--root", args.root] if args.root else []
     from training import evaluate, fit_detector_crops, train
+    from training.config import load_config
 
-    if not args.skip_train:
-        resume = ["--resume"] if (out / "last.pt").is_file() else []  # an interrupted run goes on
-        rc = train.main(["--config", "training/configs/default.toml", "--out", str(out), *resume,
-                         *(["--device", args.device] if args.device else [])])
-        if rc:
-            return rc
-    rules = out / "detector_crops" / "haar.json"
-    if not rules.is_file():
-        rc = fit_detector_crops.main(["--detector", "haar", "--split", "300w-train", "--out", str(rules), *root])
-        if rc:
-            return rc
     dev = ["--device", args.device] if args.device else []
+    final = out / "box"
+    if not args.skip_train:
+        runs = [] if args.stage1 else [(STAGES[0], out, [])]
+        runs.append((STAGES[1], final, ["--init-from", args.stage1 or str(out / "best.pt")]))
+        for config, folder, extra in runs:
+            resume = ["--resume"] if (folder / "last.pt").is_file() else []  # an interrupted run goes on
+            rc = train.main(["--config", config, "--out", str(folder), *resume, *dev, *extra])
+            if rc:
+                return rc
+    center = load_config(STAGES[1])["data"]["crop_center"]
+    rules = final / "detector_crops" / "haar.json"
+    if not rules.is_file():
+        rc = fit_detector_crops.main(["--detector", "haar", "--split", "300w-train", "--center", center,
+                                      "--out", str(rules), *root])
+        if rc:
+            return rc
     for crops, folder in (("gt", "eval"), ("detector", "eval-haar")):
         extra = ["--detector", "haar", "--rule", str(rules)] if crops == "detector" else []
-        rc = evaluate.main(["--checkpoint", str(out / "best.pt"), "--splits", *SPLITS, "--crops", crops, *extra,
-                            "--out", str(out / folder), *dev, *root])
+        rc = evaluate.main(["--checkpoint", str(final / "best.pt"), "--splits", *SPLITS, "--crops", crops, *extra,
+                            "--out", str(final / folder), *dev, *root])
         if rc:
             return rc
-    path = package(out / "best.pt", rules, args.model_out, out / "eval" / "results.json",
-                   out / "eval-haar" / "results.json")
+    path = package(final / "best.pt", rules, args.model_out, final / "eval" / "results.json",
+                   final / "eval-haar" / "results.json")
     print(f"wrote {path}")
     return 0
 

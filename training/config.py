@@ -20,7 +20,10 @@ Sections and keys (defaults in brackets):
 [train]  batch_size [8] (per process), max_steps [100000], val_every [1000],
          patience [10] (validations without improvement; 0 = off), seed [0],
          bf16 [true] and channels_last [true] (GPU only), num_workers [2],
-         log_every [50], val_batch_size [0 = batch_size].
+         log_every [50], val_batch_size [0 = batch_size], init_from [""]: a
+         training checkpoint or pyflm model file whose network weights start
+         the run (fine-tuning; same task and shapes; ignored by --resume,
+         which restores everything from last.pt).
 """
 
 from __future__ import annotations
@@ -108,6 +111,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "num_workers": _Key(int, 2, check=_nonneg, desc=">= 0"),
         "log_every": _Key(int, 50, check=_pos, desc="> 0"),
         "val_batch_size": _Key(int, 0, check=_nonneg, desc=">= 0"),
+        "init_from": _Key(str, ""),
     },
 }
 _MODEL_FIXED = {"task": _Key(str, None), "num_landmarks": _Key(int, 68, check=_pos, desc="> 0")}

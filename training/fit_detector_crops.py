@@ -2,11 +2,12 @@
 
     python -m training.fit_detector_crops --detector haar [--split 300w-train]
         [--eval-split common] [--out FILE.json] [--boxes-out FILE.json]
-        [--max-images N] [--min-iou 0.3] [--root DATA]
+        [--max-images N] [--min-iou 0.3] [--center centroid|box] [--root DATA]
 
 Every detector draws its box around a different part of the face, so the
 crop the models were trained on (the paper's square: 1.3 x the larger side of
-the landmarks' bounding box, centred at their centroid) has to be predicted
+the landmarks' bounding box, centred at their centroid, or at the box centre
+with ``--center box`` for models trained that way) has to be predicted
 from the box by a rule fitted per detector (``pyflm.data.BoxToSquare``: centre
 offset in box units, side = scale x box size).
 
@@ -128,7 +129,8 @@ def _evenly_spaced_images(samples: list[Sample], max_images: int | None) -> list
     return [samples[i] for g in keep for i in groups[g]]
 
 
-def _summary(samples: Sequence[Sample], det: dict, rule: BoxToSquare, tight_rule: BoxToSquare) -> dict:
+def _summary(samples: Sequence[Sample], det: dict, rule: BoxToSquare, tight_rule: BoxToSquare,
+             center: str = "centroid") -> dict:
     found = ~np.isnan(det["boxes"][:, 0])
     lms = np.stack([s.landmarks for s in samples])
     tight = np.stack([tight_box(lm) for lm in lms])
@@ -137,14 +139,18 @@ def _summary(samples: Sequence[Sample], det: dict, rule: BoxToSquare, tight_rule
             "detections": det["detections"],
             "unmatched_detections": int(det["detections"] - found.sum()),
             "matched_iou": _percentiles(det["iou"][found]),
-            "detector_crops": crop_quality(rule, det["boxes"][found], lms[found]),
-            "tight_crops": crop_quality(tight_rule, tight, lms)}
+            "detector_crops": crop_quality(rule, det["boxes"][found], lms[found], center=center),
+            "tight_crops": crop_quality(tight_rule, tight, lms, center=center)}
 
 
 def run(detector, split: str = "300w-train", eval_split: str | None = None, root=None, max_images: int | None = None,
-        min_iou: float = 0.3, size: str = "max", progress: bool = True) -> tuple[dict, dict]:
-    """Fit on ``split``, score on it (and on ``eval_split``). Returns (report,
-    boxes) where boxes maps image path -> matched box of ``split``."""
+        min_iou: float = 0.3, size: str = "max", progress: bool = True,
+        center: str = "centroid") -> tuple[dict, dict]:
+    """Fit on ``split``, score on it (and on ``eval_split``); the target is the
+    training crop ``square_from_landmarks(landmarks, 1.3, center)``. Returns
+    (report, boxes) where boxes maps image path -> matched box of ``split``."""
+    if center not in ("centroid", "box"):
+        raise ValueError(f"center must be 'centroid' or 'box', got {center!r}")
     detector = get_face_detector(detector)
     if detector is None:
         raise ValueError("a detector is needed (e.g. 'haar')")
@@ -157,19 +163,19 @@ def run(detector, split: str = "300w-train", eval_split: str | None = None, root
     if not found.any():
         raise ValueError(f"{detector.name}: no face of {split!r} was detected; cannot fit a rule")
     lms = np.stack([s.landmarks for s in samples])
-    rule = fit_rule(det["boxes"][found], lms[found], size)
-    tight_rule = fit_rule(np.stack([tight_box(lm) for lm in lms]), lms, size)
+    rule = fit_rule(det["boxes"][found], lms[found], size, center=center)
+    tight_rule = fit_rule(np.stack([tight_box(lm) for lm in lms]), lms, size, center=center)
     report = {"detector": detector.name, "detector_repr": repr(detector), "split": split,
               "max_images": max_images, "min_iou": min_iou,
-              "target": "square_from_landmarks(landmarks, 1.3, 'centroid')",
+              "target": f"square_from_landmarks(landmarks, 1.3, {center!r})", "center": center,
               "rule": _rule_dict(rule), "tight_rule": _rule_dict(tight_rule),
-              "fit": _summary(samples, det, rule, tight_rule)}
+              "fit": _summary(samples, det, rule, tight_rule, center)}
     if eval_split:
         ev = load_split(eval_split, root=root)
         if max_images is not None:
             ev = _evenly_spaced_images(ev, max_images)
         report["eval_split"] = eval_split
-        report["eval"] = _summary(ev, detect_faces(ev, detector, min_iou, progress), rule, tight_rule)
+        report["eval"] = _summary(ev, detect_faces(ev, detector, min_iou, progress), rule, tight_rule, center)
     report["seconds"] = round(time.perf_counter() - t0, 1)
     boxes = {str(s.image_path): det["boxes"][i] for i, s in enumerate(samples) if found[i]}
     return report, boxes
@@ -211,12 +217,14 @@ def main(argv=None) -> int:
     p.add_argument("--max-images", type=int, default=None, help="only this many images, spread over the split")
     p.add_argument("--min-iou", type=float, default=0.3)
     p.add_argument("--size", choices=("max", "geometric"), default="max")
+    p.add_argument("--center", choices=("centroid", "box"), default="centroid",
+                   help="the training crop's centre (the model config's data.crop_center)")
     p.add_argument("--root", default=None, help="data root (default PYFLM_DATA or ../shared/data)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     try:
         report, boxes = run(args.detector, args.split, args.eval_split, args.root, args.max_images, args.min_iou,
-                            args.size, progress=not args.no_progress)
+                            args.size, progress=not args.no_progress, center=args.center)
     except (FileNotFoundError, ValueError, ImportError) as e:
         print(f"training.fit_detector_crops: error: {e}", file=sys.stderr)
         return 2

@@ -69,6 +69,7 @@ __all__ = [
     "build_datasets",
     "save_checkpoint",
     "load_checkpoint",
+    "load_init_weights",
     "crop_to_image",
     "task_from_checkpoint",
     "train",
@@ -232,6 +233,27 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if ckpt.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"{path}: checkpoint version {ckpt.get('version')} (this code reads {CHECKPOINT_VERSION})")
     return ckpt
+
+
+def load_init_weights(model: nn.Module, path) -> None:
+    """``train.init_from``: copy the network weights of a training checkpoint or
+    a pyflm model file into ``model`` (strict: same architecture). A missing,
+    damaged or mismatched file raises ConfigError naming the key."""
+    from pyflm.deploy import ModelFileError, load_model_file
+
+    try:
+        state = load_checkpoint(path)["model"]
+    except CheckpointError:
+        try:  # a pyflm model file (pyflm/weights/default.pt, pyflm export's input)
+            state = load_model_file(path)["state_dict"]
+        except ModelFileError as e:
+            raise ConfigError(f"train.init_from: {e}") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        detail = str(e).strip().splitlines()
+        raise ConfigError(f"train.init_from: {path} does not fit this model ({detail[0] if detail else e}"
+                          f"{' ...' if len(detail) > 1 else ''})") from None
 
 
 def _rng_state() -> dict:
@@ -458,6 +480,8 @@ def train(cfg: dict, out_dir, resume: bool = False, max_steps: int | None = None
     # Everything that can fail on a bad config happens before any training.
     _seed_everything(t_cfg["seed"])
     task = build_task(cfg["model"])
+    if t_cfg["init_from"] and ckpt is None:
+        load_init_weights(task.model, t_cfg["init_from"])
     input_size = int(task.input_size)
     train_ds, val_ds = build_datasets(cfg, input_size)
 
@@ -652,10 +676,14 @@ def main(argv=None) -> int:
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     p.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--init-from", default=None, metavar="FILE",
+                   help="override train.init_from: start from this checkpoint's or model file's weights")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config)
+        if args.init_from is not None:
+            cfg["train"]["init_from"] = args.init_from
         out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
         summary = train(cfg, out, resume=args.resume, max_steps=args.max_steps, device=args.device,
                         progress=not args.no_progress)
