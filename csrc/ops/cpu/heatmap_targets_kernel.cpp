@@ -190,6 +190,8 @@ class FlushDenormalsScope {
 #if defined(__SSE2__)
   FlushDenormalsScope() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | 0x8040u); }
   ~FlushDenormalsScope() { _mm_setcsr(saved_); }
+#else
+  FlushDenormalsScope() {}  // elsewhere denormals are only slow, never wrong
 #endif
   FlushDenormalsScope(const FlushDenormalsScope&) = delete;
   FlushDenormalsScope& operator=(const FlushDenormalsScope&) = delete;
