@@ -73,14 +73,16 @@ def _err(msg: str) -> None:
 
 
 # ------------------------------------------------------------------ shared helpers
-def _make_landmarker(args, detector="default"):
+def _make_landmarker(args, detector="default", num_threads=None):
     from pyflm.deploy import ModelFileError
     from pyflm.landmarker import FaceLandmarker
 
     try:
         return FaceLandmarker(model=args.model, device=args.device, detector=detector,
                               max_batch_size=getattr(args, "batch", 32),
-                              box_type=getattr(args, "box_type", None), num_threads=getattr(args, "threads", None))
+                              box_type=getattr(args, "box_type", None),
+                              num_threads=num_threads or getattr(args, "threads", None),
+                              backend=getattr(args, "backend", "torch"))
     except (ModelFileError, RuntimeError, ValueError, ImportError) as e:
         raise UsageError(str(e)) from None
 
@@ -530,7 +532,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     import pyflm
 
-    lm = _make_landmarker(args, detector="default")
+    lm = _make_landmarker(args, detector="default", num_threads=args.thread_counts[0])
     sample = Path(pyflm.__file__).parent / "assets" / "astronaut.jpg"
     if sample.is_file():
         from pyflm.io import load_image
@@ -545,6 +547,9 @@ def _bench(args: argparse.Namespace) -> int:
     print(f"{'threads':>7}  {'detect(boxes) ms/face':>21}  {'network ms/face':>15}  {'face detector ms':>16}")
     boxes = np.repeat(box, args.faces, axis=0)
     for n in args.thread_counts:
+        if lm.backend == "onnxruntime" and n != args.thread_counts[0]:  # its thread count is set at start
+            lm = _make_landmarker(args, detector="default", num_threads=n)
+
         def median_ms(stmt, n=n, **g):
             t = benchmark.Timer(stmt=stmt, globals=g, num_threads=n)
             return t.blocked_autorange(min_run_time=args.min_time).median * 1e3
@@ -601,6 +606,12 @@ def _add_model_args(p, device=True):
         p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
 
 
+def _add_backend_arg(p):
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                   help='network runtime: torch (TorchScript, the default) or onnxruntime (CPU, about 2x faster '
+                        'per face; pip install "pyflm[onnx]")')
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyflm", description="pyflm: 68-point facial landmark detection.",
@@ -626,6 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "or a detector name the model has a crop rule for, e.g. haar")
     p.add_argument("--batch", type=int, default=32, help="faces per network forward (default: 32)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the network (default: torch's)")
+    _add_backend_arg(p)
     p.add_argument("--recursive", action="store_true", help="also images in sub-folders of DIR")
     p.add_argument("--no-draw", action="store_true", help="write only the JSON, no annotated copies")
     p.add_argument("--no-smooth", action="store_true", help="videos: no One-Euro smoothing of the landmarks")
@@ -668,6 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="only the first N images of each split")
     p.add_argument("--batch", type=int, default=32, help="faces per forward (default: 32)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads")
+    _add_backend_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_eval)
 
@@ -680,6 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="thread counts (default: 1 2)")
     p.add_argument("--faces", type=int, default=1, help="faces per call (default: 1)")
     p.add_argument("--min-time", type=float, default=1.0, help="seconds of timing per measurement (default: 1)")
+    _add_backend_arg(p)
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("info", help="versions, build, devices and the model card (JSON)")

@@ -226,13 +226,17 @@ class LandmarkPredictor(nn.Module):
         self.bgr_to_net = n.get("network_channels", "rgb") == "rgb"
         self.meta_json = json.dumps(meta, sort_keys=True)
 
-    def preprocess(self, crops: Tensor) -> Tensor:
+    def check_crops(self, crops: Tensor) -> None:
+        """ValueError unless ``crops`` is uint8 ``[B, S, S, 3]`` at this model's size."""
         if crops.dtype != torch.uint8 or crops.dim() != 4 or crops.shape[3] != 3:
             raise ValueError("pyflm.LandmarkPredictor: crops must be uint8 [B, S, S, 3] (BGR), got "
                              + str(crops.dtype) + " " + str(list(crops.shape)))
         if crops.shape[1] != self.input_size or crops.shape[2] != self.input_size:
             raise ValueError("pyflm.LandmarkPredictor: crops must be " + str(self.input_size) + "x"
                              + str(self.input_size) + ", got " + str(list(crops.shape)))
+
+    def preprocess(self, crops: Tensor) -> Tensor:
+        self.check_crops(crops)
         x = crops.permute(0, 3, 1, 2)
         if self.bgr_to_net:
             x = x.flip(1)
@@ -242,7 +246,7 @@ class LandmarkPredictor(nn.Module):
         out = self.net(self.preprocess(crops))
         if torch.jit.is_scripting():
             return self._decode_ops(out)
-        return self._decode_eager(out)
+        return self.decode(out)
 
     def _prepare_maps(self, out: Tensor) -> Tensor:
         if self.softmax:
@@ -271,7 +275,9 @@ class LandmarkPredictor(nn.Module):
         return self._to_input(coords), scores
 
     @torch.jit.unused
-    def _decode_eager(self, out: Tensor) -> tuple[Tensor, Tensor]:
+    def decode(self, out: Tensor) -> tuple[Tensor, Tensor]:
+        """The network's output -> (coords [B, K, 2] crop px, scores [B, K]), eagerly
+        through the :mod:`pyflm.ops` wrappers (also for other backends' outputs)."""
         from pyflm.ops import argmax_decode, soft_argmax
 
         if self.decode_kind == "regression":
