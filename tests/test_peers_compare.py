@@ -333,8 +333,9 @@ def test_main_without_peers_or_pyflm_api(tmp_path, monkeypatch):
 
 
 def test_pyflm_adapter_against_the_face_landmarker_api(images, monkeypatch):
-    """The worker's pyflm adapter calls FaceLandmarker(model, device, detector) and
-    detect(image, boxes, box_type) as specified (with a stand-in FaceLandmarker)."""
+    """The worker's pyflm adapter calls FaceLandmarker(model, device, detector,
+    backend, num_threads) and detect(image, boxes, box_type) as specified (with a
+    stand-in FaceLandmarker)."""
     import types
 
     import pyflm
@@ -342,8 +343,8 @@ def test_pyflm_adapter_against_the_face_landmarker_api(images, monkeypatch):
     calls = []
 
     class StandIn:
-        def __init__(self, model, device, detector):
-            calls.append(("init", model, device, detector))
+        def __init__(self, model, device, detector, backend, num_threads):
+            calls.append(("init", model, device, detector, backend, num_threads))
 
         def detect(self, image, boxes=None, box_type=None):
             calls.append(("detect", image.shape, boxes, box_type))
@@ -362,7 +363,7 @@ def test_pyflm_adapter_against_the_face_landmarker_api(images, monkeypatch):
                                  {"id": "b", "image": images[1], "detect": True}]})
     finally:
         torch.set_num_threads(threads)
-    assert calls[0] == ("init", "m.pt", "cpu", "default")
+    assert calls[0] == ("init", "m.pt", "cpu", "default", "torch", 1)
     assert calls[1] == ("detect", (120, 160, 3), [[1, 2, 30, 40]], "tight")
     assert calls[2] == ("detect", (120, 160, 3), None, None)  # own detector: one full call
     # then landmarks alone, timed, read with the detector's crop rule (the stand-in has none: tight)

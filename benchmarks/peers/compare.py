@@ -356,6 +356,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="~50 faces, short timing: a smoke check")
     p.add_argument("--splits", default="common,helen,lfpw", help="comma list of common, helen, lfpw")
     p.add_argument("--methods", default="pyflm,dlib,lbf", help="comma list of pyflm, dlib, lbf")
+    p.add_argument("--pyflm-backend", nargs="+", default=["torch"], choices=("torch", "onnxruntime"),
+                   help="FaceLandmarker backends to run pyflm's models with, one row each (default: torch)")
     p.add_argument("--pyflm-model", action="append", default=[], metavar="LABEL=PATH",
                    help="also evaluate this pyflm model file (repeatable)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for peers.json and ced.png")
@@ -402,10 +404,12 @@ def main(argv=None) -> int:
         print(why)
         skipped["pyflm"] = why
     else:
-        if "pyflm" in a.methods:
-            todo.append(("pyflm default", "pyflm", sys.executable, {"model": "default"}))
-        for label, path in a.pyflm_models:
-            todo.append((f"pyflm {label}", "pyflm", sys.executable, {"model": str(Path(path).resolve())}))
+        models = ([("default", "default")] if "pyflm" in a.methods else [])
+        models += [(label, str(Path(path).resolve())) for label, path in a.pyflm_models]
+        for label, model in models:
+            for backend in a.pyflm_backend:
+                suffix = "" if backend == "torch" else f" ({backend})"
+                todo.append((f"pyflm {label}{suffix}", "pyflm", sys.executable, {"model": model, "backend": backend}))
     todo += [(m, "peer", py_peers, {}) for m in peers]
     print(f"{len(faces)} faces ({', '.join(a.splits)}); timing on {min(a.timing_faces, len(faces))} faces; "
           f"methods: {', '.join(t[0] for t in todo) or 'none'}")

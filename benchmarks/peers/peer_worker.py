@@ -217,14 +217,15 @@ class LbfMethod(Method):
 
 class PyflmMethod(Method):
     """pyflm.FaceLandmarker (run with the project's venv, repo root on sys.path).
-    Options: ``model`` ("default" or a model file), ``detector`` ("default").
-    Boxes sent to it are tight landmark boxes (``box_type="tight"``)."""
+    Options: ``model`` ("default" or a model file), ``detector`` ("default"),
+    ``backend`` ("torch" or "onnxruntime"). Boxes sent to it are tight landmark
+    boxes (``box_type="tight"``)."""
 
     name = "pyflm"
     box_types = ("native", "tight")
     detect_yields_landmarks = True
 
-    def __init__(self, model: str = "default", detector: str = "default", threads: int = 1):
+    def __init__(self, model: str = "default", detector: str = "default", threads: int = 1, backend: str = "torch"):
         import torch
 
         torch.set_num_threads(int(threads))
@@ -232,8 +233,13 @@ class PyflmMethod(Method):
 
         if not hasattr(pyflm, "FaceLandmarker"):
             raise ImportError(f"pyflm {pyflm.__version__} at {pyflm.__file__} has no FaceLandmarker yet")
-        self.lm = pyflm.FaceLandmarker(model=model, device="cpu", detector=detector)
+        self.lm = pyflm.FaceLandmarker(model=model, device="cpu", detector=detector, backend=backend,
+                                       num_threads=int(threads))
         self.versions = {"pyflm": pyflm.__version__, "torch": torch.__version__}
+        if backend == "onnxruntime":
+            import onnxruntime
+
+            self.versions["onnxruntime"] = onnxruntime.__version__
         path = getattr(self.lm, "model_source", None) or (model if model != "default" else None)
         self.model_files = ({"model": {"path": str(path), "bytes": Path(path).stat().st_size}}
                             if path and Path(path).is_file() else {})
