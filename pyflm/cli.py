@@ -87,8 +87,18 @@ def _make_landmarker(args, detector="default", num_threads=None):
         raise UsageError(str(e)) from None
 
 
-def _detector_spec(name: str):
-    return None if name == "none" else name
+def _detector_spec(name: str, max_side: int | None = None):
+    """The --detector name as get_face_detector takes it; Haar with --max-side."""
+    if name == "none":
+        return None
+    if max_side is not None and name.strip().lower() in ("default", "haar"):
+        from pyflm.face_detection import HaarFaceDetector
+
+        try:
+            return HaarFaceDetector(max_side=max_side or None)
+        except ValueError as e:
+            raise UsageError(f"--max-side: {e}") from None
+    return name
 
 
 def _timings(t: dict) -> dict:
@@ -282,7 +292,7 @@ def _detect(args: argparse.Namespace) -> int:
     if args.batch < 1:
         raise UsageError(f"--batch must be >= 1, got {args.batch}")
     boxes = _load_boxes_file(args.boxes) if args.boxes else None
-    lm = _make_landmarker(args, detector=_detector_spec(args.detector))
+    lm = _make_landmarker(args, detector=_detector_spec(args.detector, args.max_side))
     if lm.detector is None and not boxes:
         raise UsageError("--detector none needs --boxes FILE (face boxes per image)")
     out_dir = Path(args.out)
@@ -632,6 +642,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector", default="default",
                    help="face detector: haar (OpenCV, the default), dlib (needs the dlib package), "
                         "or none (then give --boxes)")
+    p.add_argument("--max-side", type=int, default=None, metavar="N",
+                   help="haar: detect on a copy downscaled to this longer side (default 640; 0: full resolution)")
     p.add_argument("--boxes", default=None, metavar="JSON", help="face boxes per image (see above); skips detection")
     p.add_argument("--box-type", default=None, help="how the --boxes were drawn: tight (default, a tight box around the 68 landmarks) "
                         "or a detector name the model has a crop rule for, e.g. haar")

@@ -377,6 +377,38 @@ def test_detected_face_matches_python(cli, model_ts, predictor, tmp_path):
     assert np.abs(np.array([f["landmarks"] for f in r["faces"]]) - pts).max() < TOLERANCE_PX
 
 
+def test_large_photo_downscaled_like_python(cli, model_ts, tmp_path):
+    """A photo larger than --max-side (default 640): detection runs on a copy with
+    a 640-pixel longer side, in C++ as in HaarFaceDetector, and the boxes map back
+    to the photo. Built so the downscale is an exact 2x2 average (both OpenCVs
+    agree bit for bit): a real face at 640 px, upscaled 2x by pixel repetition."""
+    real = _real_image()
+    if real is None:
+        pytest.skip("no 300-W data")
+    img = cv2.imread(str(real[0]))
+    s = 640 / max(img.shape[:2])
+    small = cv2.resize(img, (round(img.shape[1] * s), round(img.shape[0] * s)), interpolation=cv2.INTER_CUBIC)
+    big = cv2.resize(small, (2 * small.shape[1], 2 * small.shape[0]), interpolation=cv2.INTER_NEAREST)
+    path = tmp_path / "big.png"
+    cv2.imwrite(str(path), big)
+    proc = _run(cli, "--model", model_ts, "--ops", _ops(), "--cascade", _cascade(), path)
+    assert proc.returncode == 0, proc.stderr
+    boxes = np.array([f["box"] for f in json.loads(proc.stdout)["images"][0]["faces"]])
+    try:
+        from pyflm.face_detection import HaarFaceDetector
+    except ImportError:
+        pytest.skip("pyflm.face_detection not importable")
+    py_boxes, _ = HaarFaceDetector(cascade=_cascade())(big)
+    small_boxes, _ = HaarFaceDetector(cascade=_cascade())(small)
+    assert len(boxes) >= 1
+    np.testing.assert_allclose(boxes, py_boxes, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(boxes, (small_boxes + 0.5) * 2 - 0.5, rtol=0, atol=1e-9)
+    proc = _run(cli, "--model", model_ts, "--ops", _ops(), "--cascade", _cascade(), "--max-side", "0", path)
+    assert proc.returncode == 0, proc.stderr  # full resolution: runs (other boxes, same face)
+    full = np.array([f["box"] for f in json.loads(proc.stdout)["images"][0]["faces"]])
+    assert len(full) >= 1 and np.abs(full[0] - boxes[0]).max() < 0.25 * (boxes[0, 2] - boxes[0, 0])
+
+
 # ------------------------------------------------------------------------- exit code 2
 def test_usage_errors(cli, tmp_path):
     proc = _run(cli)
@@ -385,6 +417,7 @@ def test_usage_errors(cli, tmp_path):
                           (["--model", "m.ts", "--batch", "0", "x.png"], "--batch expects an integer"),
                           (["--model", "m.ts", "--threads", "two", "x.png"], "--threads expects an integer"),
                           (["--model", "m.ts", "--device", "tpu", "x.png"], "--device must be"),
+                          (["--model", "m.ts", "--max-side", "16", "x.png"], "--max-side must be 0 (off) or >= 32"),
                           (["--model"], "--model needs a value")):
         proc = _run(cli, *args)
         assert proc.returncode == 2 and message in proc.stderr and "usage:" in proc.stderr, (args, proc.stderr)

@@ -121,6 +121,15 @@ def test_haar_calls_cascade_on_equalised_grey_and_sorts(rng):
     np.testing.assert_allclose(scores, 1 / (1 + np.exp(-np.array([6.0, 1.0]))))
 
 
+def test_haar_default_max_side(rng):
+    det = HaarFaceDetector()
+    assert det.max_side == 640
+    fake = _FakeCascade([], [])
+    det._cascade = fake
+    det(_noise(rng, 960, 1280))
+    assert fake.calls[0][0].shape == (480, 640)
+
+
 def test_haar_max_side_downscales_and_maps_back(rng):
     det = HaarFaceDetector(min_size=40, max_side=100)
     fake = _FakeCascade([[10, 20, 30, 30]], [3.0])

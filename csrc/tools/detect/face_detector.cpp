@@ -10,7 +10,7 @@
 
 namespace pyflm::cli {
 
-HaarDetector::HaarDetector(const std::string& path) {
+HaarDetector::HaarDetector(const std::string& path, int max_side) : max_side_(max_side) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) {
     throw SetupError("Haar cascade file not found: " + path +
@@ -27,8 +27,20 @@ HaarDetector::HaarDetector(const std::string& path) {
 }
 
 std::vector<Detection> HaarDetector::detect(const cv::Mat& bgr) {
+  // Downscale as HaarFaceDetector does: the longer side to max_side, the other
+  // rounded half to even (Python's round, std::nearbyint), then map back.
+  double sx = 1.0, sy = 1.0;
+  cv::Mat image = bgr;
+  if (max_side_ > 0 && std::max(bgr.rows, bgr.cols) > max_side_) {
+    const double s = static_cast<double>(max_side_) / std::max(bgr.rows, bgr.cols);
+    const int nw = std::max(1, static_cast<int>(std::nearbyint(bgr.cols * s)));
+    const int nh = std::max(1, static_cast<int>(std::nearbyint(bgr.rows * s)));
+    cv::resize(bgr, image, cv::Size(nw, nh), 0, 0, cv::INTER_AREA);
+    sx = static_cast<double>(nw) / bgr.cols;
+    sy = static_cast<double>(nh) / bgr.rows;
+  }
   cv::Mat grey, equalised;
-  cv::cvtColor(bgr, grey, cv::COLOR_BGR2GRAY);
+  cv::cvtColor(image, grey, cv::COLOR_BGR2GRAY);
   cv::equalizeHist(grey, equalised);
   std::vector<cv::Rect> rects;
   std::vector<int> reject_levels;
@@ -41,7 +53,9 @@ std::vector<Detection> HaarDetector::detect(const cv::Mat& bgr) {
     const cv::Rect& r = rects[i];
     const double w = i < weights.size() ? weights[i] : 0.0;
     const double score = weights.size() == rects.size() ? 0.5 * (1.0 + std::tanh(0.5 * w)) : 1.0;
-    out.push_back({{r.x - 0.5, r.y - 0.5, r.x + r.width - 0.5, r.y + r.height - 0.5}, score});
+    // edge e' (pixel-centre coordinates of the small image) -> (e' + 0.5) / s - 0.5
+    out.push_back({{r.x / sx - 0.5, r.y / sy - 0.5, (r.x + r.width) / sx - 0.5, (r.y + r.height) / sy - 0.5},
+                   score});
   }
   std::stable_sort(out.begin(), out.end(), [](const Detection& a, const Detection& b) { return a.score > b.score; });
   return out;

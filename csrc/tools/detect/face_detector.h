@@ -26,7 +26,10 @@ inline constexpr const char* kDefaultCascade = "/usr/share/opencv4/haarcascades/
 class HaarDetector {
  public:
   // Throws SetupError naming the file when it is missing or not a cascade.
-  explicit HaarDetector(const std::string& cascade_path);
+  // max_side: images with a longer side above it are downscaled (INTER_AREA)
+  // before detection and the boxes mapped back, as HaarFaceDetector(max_side)
+  // does (0: never).
+  explicit HaarDetector(const std::string& cascade_path, int max_side = 640);
 
   // Faces of a uint8 BGR image, highest score first: detectMultiScale with
   // reject levels on the grey, histogram-equalised image, scale factor 1.1,
@@ -35,6 +38,7 @@ class HaarDetector {
 
  private:
   cv::CascadeClassifier cascade_;
+  int max_side_;
 };
 
 }  // namespace pyflm::cli

@@ -77,7 +77,9 @@ int run(const Options& o) {
   bool need_detector = false;
   for (const Input& in : inputs) need_detector = need_detector || in.video || find_boxes(boxes, in.path, "") == nullptr;
   std::unique_ptr<HaarDetector> detector;
-  if (need_detector) detector = std::make_unique<HaarDetector>(o.cascade.empty() ? kDefaultCascade : o.cascade);
+  if (need_detector) {
+    detector = std::make_unique<HaarDetector>(o.cascade.empty() ? kDefaultCascade : o.cascade, o.max_side);
+  }
 
   const auto t_model = std::chrono::steady_clock::now();
   LandmarkModel model(o.model, o.device, /*warm_up=*/true);

@@ -10,7 +10,7 @@ namespace pyflm::cli {
 const char* usage_text() {
   return
       "usage: pyflm-detect --model FILE.ts [--ops PATH/libpyflm_ops.so] [--device cpu|cuda]\n"
-      "                    [--cascade haarcascade_frontalface_default.xml] [--boxes boxes.json]\n"
+      "                    [--cascade haarcascade_frontalface_default.xml] [--max-side N] [--boxes boxes.json]\n"
       "                    [--box-type haar|tight] [--batch N] [--threads N] [--json out.json]\n"
       "                    [--out-dir DIR] INPUT...\n"
       "\n"
@@ -23,6 +23,8 @@ const char* usage_text() {
       "  --device D        cpu (default), cuda or cuda:N\n"
       "  --cascade XML     OpenCV Haar cascade for face detection (default:\n"
       "                    /usr/share/opencv4/haarcascades/haarcascade_frontalface_default.xml)\n"
+      "  --max-side N      detect faces on a copy downscaled to this longer side (default 640,\n"
+      "                    as pyflm's HaarFaceDetector; 0: full resolution, slower on big photos)\n"
       "  --boxes JSON      {\"<image path or file name>\": [[x0, y0, x1, y1], ...] or [x0, y0, x1, y1]}:\n"
       "                    use these face boxes instead of detecting (a video's name: its first\n"
       "                    frame; \"<path or name>#<frame>\": that frame)\n"
@@ -89,6 +91,10 @@ Options parse_args(int argc, char** argv) {
     else if (name == "--ops") o.ops = take();
     else if (name == "--device") o.device = take();
     else if (name == "--cascade") o.cascade = take();
+    else if (name == "--max-side") {
+      o.max_side = parse_int(name, take(), 0, 1 << 20);
+      if (o.max_side > 0 && o.max_side < 32) throw UsageError("--max-side must be 0 (off) or >= 32");
+    }
     else if (name == "--boxes") o.boxes = take();
     else if (name == "--box-type") o.box_type = take();
     else if (name == "--batch") o.batch = parse_int(name, take(), 1, 4096);

@@ -11,6 +11,7 @@ struct Options {
   std::string ops;                  // --ops: libpyflm_ops.so (empty: $PYFLM_OPS_LIBRARY, then next to the binary)
   std::string device = "cpu";       // --device cpu | cuda | cuda:N
   std::string cascade;              // --cascade: Haar cascade XML (empty: Debian's opencv-data file)
+  int max_side = 640;               // --max-side: detection on a copy with this longer side (0: off)
   std::string boxes;                // --boxes: JSON {"<path or basename>": [[x0, y0, x1, y1], ...]}
   std::string box_type = "tight";   // --box-type: the crop rule for --boxes, meta["crop"]["boxes"][box_type]
   int batch = 8;                    // --batch: faces per forward call
