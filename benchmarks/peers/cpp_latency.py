@@ -1,0 +1,92 @@
+"""Per-face latency of the C++ binary ``pyflm-detect`` on real faces, for the peer table.
+
+    python -m benchmarks.peers.cpp_latency [--images 200] [--split helen-test] [--out FILE.json]
+
+Exports the bundled model to TorchScript, then runs ``pyflm-detect`` once per
+thread count (1 and 2) and box source on the first ``--images`` images of the
+split, batch 1: ``boxes`` gives the tight ground-truth box of each face
+(``--boxes``), ``detect`` lets the binary run its Haar detector. The figure is
+the median over images of the binary's own per-image ``timings_ms.landmarks``
+(crop + forward + decode + mapping back) divided by the faces in the image,
+and the median ``timings_ms.detect``; process start and model load are not in
+it. OMP_WAIT_POLICY=PASSIVE, as the README advises for small machines. Writes
+JSON (atomically) with the machine and versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pyflm
+from benchmarks import common
+from pyflm import deploy
+from pyflm.data import load_split, tight_box
+from pyflm.io import write_json_atomic
+
+OUT = Path(__file__).resolve().parents[1] / "results" / "peers" / "cpp_binary_latency.json"
+
+
+def run_binary(binary: Path, model_ts: Path, images: list[Path], threads: int, boxes_file: Path | None) -> dict:
+    import cv2
+
+    cascade = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"  # the file Python's Haar uses
+    args = [str(binary), "--model", str(model_ts), "--ops", str(pyflm.library_path()), "--cascade", str(cascade),
+            "--batch", "1", "--threads", str(threads)]
+    if boxes_file is not None:
+        args += ["--boxes", str(boxes_file)]
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.run([*args, *map(str, images)], capture_output=True, text=True, env=env, timeout=3600)
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(f"pyflm-detect failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    per_face, detect = [], []
+    for r in json.loads(proc.stdout)["images"]:
+        n = len(r.get("faces", []))
+        if n:
+            per_face.append(r["timings_ms"]["landmarks"] / n)
+            detect.append(r["timings_ms"]["detect"])
+    return {"landmarks_ms_per_face": round(statistics.median(per_face), 2) if per_face else None,
+            "detect_ms": round(statistics.median(detect), 2) if detect else None, "images": len(per_face)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.peers.cpp_latency", description=__doc__.split("\n\n")[0])
+    p.add_argument("--images", type=int, default=200)
+    p.add_argument("--split", default="helen-test")
+    p.add_argument("--root", default=None, help="data root (default PYFLM_DATA or ../shared/data)")
+    p.add_argument("--out", default=str(OUT))
+    a = p.parse_args(argv)
+    from pyflm._cpp_tool import binary_path
+
+    binary = binary_path()
+    if binary is None:
+        print("pyflm-detect was not built with this install (see the README's system packages)", file=sys.stderr)
+        return 2
+    samples = load_split(a.split, root=a.root)
+    by_image: dict[Path, list] = {}
+    for s in samples:
+        by_image.setdefault(s.image_path, []).append(tight_box(s.landmarks).tolist())
+    images = sorted(by_image)[: a.images]
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="pyflm-cpp-latency-") as tmp:
+        model_ts = deploy.export_torchscript(deploy.load_model_file(deploy.default_model_path()), Path(tmp) / "m.ts")
+        boxes_file = Path(tmp) / "boxes.json"
+        boxes_file.write_text(json.dumps({str(i): by_image[i] for i in images}))
+        for threads in (1, 2):
+            for kind, boxes in (("boxes", boxes_file), ("detect", None)):
+                results[f"{threads}thr_{kind}"] = r = run_binary(binary, model_ts, images, threads, boxes)
+                print(f"{threads} thread(s), {kind}: {r}")
+    write_json_atomic(a.out, {"what": __doc__.split("\n\n")[2].replace("\n", " "), "split": a.split,
+                              "binary": str(binary), "machine": common.machine(), "results": results})
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
