@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["binary_path", "main"]
+__all__ = ["binary_path", "cascade_args", "main"]
 
 _NAME = "pyflm-detect"
 
@@ -29,6 +29,20 @@ def binary_path() -> Path | None:
     return None
 
 
+def cascade_args(args: list[str]) -> list[str]:
+    """``["--cascade", FILE]`` with opencv-python's copy of the frontal-face cascade
+    (the file pyflm's Python detector reads; opencv-python is a dependency, Debian's
+    opencv-data, the binary's own default, may be absent), unless ``args`` names one."""
+    if any(a == "--cascade" or a.startswith("--cascade=") for a in args):
+        return []
+    try:
+        import cv2
+    except ImportError:
+        return []
+    path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
+    return ["--cascade", str(path)] if path.is_file() else []
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     binary = binary_path()
@@ -38,5 +52,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     sys.stdout.flush()
+    if "--help" not in args:
+        args = [*cascade_args(args), *args]
     os.execv(binary, [str(binary), *args])
     return 0  # not reached

@@ -378,8 +378,8 @@ def _demo_cpp(lm, sample: Path, out_dir: Path, entry: dict) -> int:
     else:
         deploy.export_torchscript(deploy.load_model_file(src), ts)
     cpp_json, cpp_dir = out_dir / "landmarks_cpp.json", out_dir / "cpp"
-    cmd = [str(binary), "--model", str(ts), "--threads", "1", "--json", str(cpp_json), "--out-dir", str(cpp_dir),
-           str(sample)]
+    cmd = [str(binary), "--model", str(ts), "--threads", "1", *_cpp_tool.cascade_args([]), "--json", str(cpp_json),
+           "--out-dir", str(cpp_dir), str(sample)]
     print("C++:", " ".join(cmd))
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:

@@ -473,3 +473,15 @@ def test_unknown_box_type_exit_2(cli, model_ts, tmp_path):
     boxes.write_text('{"x.png": []}')
     proc = _run(cli, "--model", model_ts, "--ops", _ops(), "--boxes", boxes, "--box-type", "yolo", image)
     assert proc.returncode == 2 and "no crop rule for box type 'yolo'" in proc.stderr and "tight" in proc.stderr
+
+
+def test_console_command_passes_pythons_cascade():
+    """pyflm-detect (the console command) and pyflm demo hand the binary
+    opencv-python's cascade file, the one the Python detector reads, so the
+    binary needs no Debian opencv-data; a --cascade of the user's wins."""
+    from pyflm._cpp_tool import cascade_args
+
+    args = cascade_args(["--model", "m.ts", "x.jpg"])
+    assert args[0] == "--cascade" and Path(args[1]).is_file()
+    assert Path(args[1]).samefile(Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml")
+    assert cascade_args(["--cascade", "mine.xml"]) == [] and cascade_args(["--cascade=mine.xml"]) == []
