@@ -617,7 +617,9 @@ def _add_model_args(p, device=True):
 
 
 def _add_backend_arg(p):
-    p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+    from pyflm.landmarker import BACKENDS
+
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
                    help='network runtime: torch (TorchScript, the default) or onnxruntime (CPU, about 2x faster '
                         'per face; pip install "pyflm[onnx]")')
 
