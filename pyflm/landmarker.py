@@ -186,11 +186,11 @@ class FaceLandmarker:
             faster on the CPU than eager PyTorch for the default model. Needs
             the compiled op library; falls back to eager (with a warning) if
             compiling fails. Results match eager within ~1e-4 px.
-        backend: ``"torch"`` (the above) or ``"onnxruntime"``: the network
+        backend: ``"torch"`` (the above) or ``"onnxruntime"``: the predictor
             exported to ONNX when the landmarker is built and run by ONNX
-            Runtime on the CPU, decoding by the pyflm ops; about 2x faster per
-            face than TorchScript for the bundled model (``pyflm bench
-            --backend onnxruntime``), same landmarks within ~1e-3 px. Needs
+            Runtime on the CPU (see :mod:`pyflm.onnx_backend`); about 1.5-2x
+            faster per face than TorchScript for the bundled model (``pyflm
+            bench --backend onnxruntime``), same landmarks within ~1e-3 px. Needs
             ``pip install "pyflm[onnx]"`` and a model file (not an exported
             TorchScript file); ``num_threads`` sets its threads too.
 

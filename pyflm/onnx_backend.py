@@ -1,9 +1,13 @@
 """ONNX export and an ONNX Runtime backend for CPU inference.
 
-The network of a pyflm model (normalisation + CNN, uint8 BGR crops
-``[B, S, S, 3]`` -> raw maps or coordinates) exports to ONNX; decoding stays in
-pyflm (``pyflm.soft_argmax`` / ``argmax_decode``: custom ops ONNX has no
-equivalent of), so results equal the TorchScript predictor's.
+The predictor of a pyflm model exports to ONNX: uint8 BGR crops ``[B, S, S, 3]``
+-> normalisation -> CNN -> for soft-argmax models (the bundled one) the decoding
+too, as pyflm's plain-PyTorch soft-argmax reference (the formula of the fused
+op), giving ``coords [B, K, 2]`` (crop pixels) and ``scores [B, K]``. Other
+models' graphs end at the network's output (``maps``), decoded by the pyflm ops
+(``argmax_decode``'s refinements have no ONNX equivalent). Whole-graph decoding
+matters for speed: a torch op between ONNX Runtime calls wakes torch's thread
+pool, and the two pools spinning on a small CPU made one face 2.7x slower here.
 
 Why a second backend: a small network like the bundled one is bound by per-op
 dispatch overhead in PyTorch on the CPU (one face through the TorchScript
@@ -24,27 +28,42 @@ import torch
 from torch import Tensor, nn
 
 from pyflm.deploy import LandmarkPredictor, build_predictor
+from pyflm.ops.soft_argmax import soft_argmax_reference
 
-__all__ = ["OnnxPredictor", "export_onnx", "onnx_bytes"]
+__all__ = ["OnnxPredictor", "decodes_in_graph", "export_onnx", "onnx_bytes", "output_names"]
 
 _HINT = 'the ONNX backend needs onnx and onnxruntime: pip install "pyflm[onnx]"'
 OPSET = 17
 
 
-class _Network(nn.Module):
-    """uint8 crops -> what the predictor decodes (its preprocessing + network)."""
+def decodes_in_graph(predictor: LandmarkPredictor) -> bool:
+    return predictor.decode_kind == "soft"
+
+
+class _Graph(nn.Module):
+    """uint8 crops -> (coords, scores) for soft-argmax models, else -> the
+    network's output (the predictor's preprocessing + network)."""
 
     def __init__(self, predictor: LandmarkPredictor):
         super().__init__()
         self.predictor = predictor
 
-    def forward(self, crops: Tensor) -> Tensor:
-        return self.predictor.net(self.predictor.preprocess(crops))
+    def forward(self, crops: Tensor):
+        p = self.predictor
+        out = p.net(p.preprocess(crops))
+        if not decodes_in_graph(p):
+            return out
+        coords, scores = soft_argmax_reference(p._prepare_maps(out), p.temperature)
+        return p._to_input(coords), scores
+
+
+def output_names(predictor: LandmarkPredictor) -> list[str]:
+    return ["coords", "scores"] if decodes_in_graph(predictor) else ["maps"]
 
 
 def onnx_bytes(predictor: LandmarkPredictor) -> bytes:
-    """The ONNX graph (opset 17, dynamic batch) of ``predictor``'s
-    preprocessing + network, with the model meta as metadata ``pyflm``."""
+    """The ONNX graph (opset 17, dynamic batch) of ``predictor`` (see the
+    module docstring), with the model meta as metadata ``pyflm``."""
     try:
         import onnx
     except ImportError as e:
@@ -53,7 +72,8 @@ def onnx_bytes(predictor: LandmarkPredictor) -> bytes:
     example = torch.zeros(1, s, s, 3, dtype=torch.uint8)
     buf = io.BytesIO()
     # eval() on the wrapper too: the exporter restores the wrapper's mode recursively afterwards
-    net = _Network(predictor.cpu()).eval()
+    net = _Graph(predictor.cpu()).eval()
+    names = output_names(predictor)
     # The crop checks in preprocess are Python branches: fine to fix at trace time. The
     # TorchScript-based exporter (deprecated since torch 2.9, still in 2.13/2.14) needs only
     # onnx; the torch.export-based one would add onnxscript: the warning is ours to carry.
@@ -61,7 +81,7 @@ def onnx_bytes(predictor: LandmarkPredictor) -> bytes:
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(net, (example,), buf, dynamo=False, opset_version=OPSET, input_names=["crops"],
-                          output_names=["maps"], dynamic_axes={"crops": {0: "batch"}, "maps": {0: "batch"}})
+                          output_names=names, dynamic_axes={n: {0: "batch"} for n in ["crops", *names]})
     model = onnx.load_from_string(buf.getvalue())
     entry = model.metadata_props.add()
     entry.key, entry.value = "pyflm", predictor.meta_json
@@ -69,9 +89,10 @@ def onnx_bytes(predictor: LandmarkPredictor) -> bytes:
 
 
 def export_onnx(model_file: dict, path) -> Path:
-    """Write the ONNX graph of ``model_file``'s network (atomically). Inputs:
-    ``crops`` uint8 ``[B, S, S, 3]`` BGR; output ``maps``, which the model
-    meta's ``decode`` section says how to turn into coordinates."""
+    """Write the ONNX graph of ``model_file``'s predictor (atomically). Input
+    ``crops``: uint8 ``[B, S, S, 3]`` BGR. Outputs ``coords`` ``[B, K, 2]``
+    (crop pixels) and ``scores`` ``[B, K]`` for soft-argmax models, else
+    ``maps``, which the model meta's ``decode`` section says how to decode."""
     from pyflm.io import atomic_write
 
     data = onnx_bytes(build_predictor(model_file))
@@ -81,7 +102,7 @@ def export_onnx(model_file: dict, path) -> Path:
 class OnnxPredictor:
     """Drop-in for :class:`pyflm.deploy.LandmarkPredictor` on the CPU:
     ``predictor(crops uint8 [B, S, S, 3]) -> (coords [B, K, 2] crop px, scores [B, K])``,
-    the network run by ONNX Runtime, decoding by the pyflm ops."""
+    run by ONNX Runtime (decoding too for soft-argmax models, else by the pyflm ops)."""
 
     def __init__(self, predictor: LandmarkPredictor, num_threads: int | None = None):
         try:
@@ -99,8 +120,13 @@ class OnnxPredictor:
 
     def __call__(self, crops: Tensor) -> tuple[Tensor, Tensor]:
         self.predictor.check_crops(crops)  # the same errors for wrong dtypes and shapes
-        (maps,) = self.session.run(None, {"crops": np.ascontiguousarray(crops.cpu().numpy())})
-        return self.predictor.decode(torch.from_numpy(maps))
+        if crops.shape[0] == 0:  # ONNX Reshape cannot infer -1 beside a 0-sized batch
+            k = self.predictor.num_landmarks
+            return torch.zeros(0, k, 2), torch.zeros(0, k)
+        outs = self.session.run(None, {"crops": np.ascontiguousarray(crops.cpu().numpy())})
+        if decodes_in_graph(self.predictor):
+            return torch.from_numpy(outs[0]), torch.from_numpy(outs[1])
+        return self.predictor.decode(torch.from_numpy(outs[0]))
 
     def __repr__(self) -> str:
         return f"OnnxPredictor(input_size={self.input_size}, providers={self.session.get_providers()})"

@@ -81,12 +81,30 @@ def test_export_onnx_file(tmp_path, model_file):
     s = p.input_size
     crops = torch.from_numpy(np.random.default_rng().integers(0, 256, (2, s, s, 3), dtype=np.uint8))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (maps,) = session.run(None, {"crops": crops.numpy()})
+    # the bundled model decodes by soft-argmax: in the graph, as coordinates and scores
+    assert [o.name for o in session.get_outputs()] == ["coords", "scores"]
+    coords, scores = session.run(None, {"crops": crops.numpy()})
     with torch.inference_mode():
-        want = p.net(p.preprocess(crops))
-    np.testing.assert_allclose(maps, want.numpy(), atol=1e-4, rtol=1e-4)
+        want = p(crops)
+    np.testing.assert_allclose(coords, want[0].numpy(), atol=2e-3, rtol=0)
+    np.testing.assert_allclose(scores, want[1].numpy(), atol=1e-5, rtol=1e-4)
     assert onnx_bytes(p) == onnx_bytes(p)  # deterministic
     assert not p.training  # exporting leaves the predictor in eval mode
+
+
+def test_argmax_models_decode_with_pyflm_ops(model_file):
+    """Models decoded by argmax_decode (DARK etc.): the graph ends at the maps and
+    pyflm's op decodes them; same result as the TorchScript predictor."""
+    mf = {**model_file, "meta": {**model_file["meta"], "decode": {**model_file["meta"]["decode"], "kind": "argmax"}}}
+    p = deploy.build_predictor(mf)
+    op = OnnxPredictor(p, num_threads=1)
+    assert [o.name for o in op.session.get_outputs()] == ["maps"]
+    s = p.input_size
+    crops = torch.from_numpy(np.random.default_rng().integers(0, 256, (2, s, s, 3), dtype=np.uint8))
+    with torch.inference_mode():
+        want, got = p(crops), op(crops)
+    torch.testing.assert_close(got[0], want[0], atol=2e-3, rtol=0)
+    torch.testing.assert_close(got[1], want[1], atol=1e-4, rtol=1e-4)
 
 
 def test_backend_errors(tmp_path, model_file, monkeypatch):
