@@ -34,10 +34,9 @@ OUT = Path(__file__).resolve().parents[1] / "results" / "peers" / "cpp_binary_la
 
 
 def run_binary(binary: Path, model_ts: Path, images: list[Path], threads: int, boxes_file: Path | None) -> dict:
-    import cv2
+    from pyflm._cpp_tool import cascade_args  # the cascade file Python's Haar detector reads
 
-    cascade = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"  # the file Python's Haar uses
-    args = [str(binary), "--model", str(model_ts), "--ops", str(pyflm.library_path()), "--cascade", str(cascade),
+    args = [str(binary), "--model", str(model_ts), "--ops", str(pyflm.library_path()), *cascade_args([]),
             "--batch", "1", "--threads", str(threads)]
     if boxes_file is not None:
         args += ["--boxes", str(boxes_file)]

@@ -183,8 +183,8 @@ inline void stream_fence() {
 // making the kernel ~2.5x slower than its stores. Within the kernel, on each
 // thread, denormal results and inputs are flushed to zero (MXCSR FTZ + DAZ,
 // restored on exit): values under FLT_MIN (DBL_MIN) become 0, far below any
-// precision a target has. The tables are normal numbers either way (the exp
-// cutoff above).
+// precision a target has. The tables are normal numbers either way (their
+// recurrence stops below acc_t's smallest normal).
 class FlushDenormalsScope {
  public:
 #if defined(__SSE2__)
