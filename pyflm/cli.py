@@ -620,7 +620,7 @@ def _add_backend_arg(p):
     from pyflm.landmarker import BACKENDS
 
     p.add_argument("--backend", choices=BACKENDS, default="torch",
-                   help='network runtime: torch (TorchScript, the default) or onnxruntime (CPU, about 2x faster '
+                   help='network runtime: torch (TorchScript, the default) or onnxruntime (CPU, 1.4-1.7x faster '
                         'per face; pip install "pyflm[onnx]")')
 
 

@@ -188,7 +188,7 @@ class FaceLandmarker:
             compiling fails. Results match eager within ~1e-4 px.
         backend: ``"torch"`` (the above) or ``"onnxruntime"``: the predictor
             exported to ONNX when the landmarker is built and run by ONNX
-            Runtime on the CPU (see :mod:`pyflm.onnx_backend`); about 1.5-2x
+            Runtime on the CPU (see :mod:`pyflm.onnx_backend`); 1.4-1.7x
             faster per face than TorchScript for the bundled model (``pyflm
             bench --backend onnxruntime``), same landmarks within ~1e-3 px. Needs
             ``pip install "pyflm[onnx]"`` and a model file (not an exported
