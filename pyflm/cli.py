@@ -82,7 +82,8 @@ def _make_landmarker(args, detector="default", num_threads=None):
                               max_batch_size=getattr(args, "batch", 32),
                               box_type=getattr(args, "box_type", None),
                               num_threads=num_threads or getattr(args, "threads", None),
-                              backend=getattr(args, "backend", "torch"))
+                              backend=getattr(args, "backend", "torch"),
+                              flip_test=getattr(args, "flip_test", False))
     except (ModelFileError, RuntimeError, ValueError, ImportError) as e:
         raise UsageError(str(e)) from None
 
@@ -566,7 +567,7 @@ def _bench(args: argparse.Namespace) -> int:
 
         with torch.inference_mode():
             detect_ms = median_ms("lm.detect(img, boxes=boxes)", lm=lm, img=img, boxes=boxes) / args.faces
-            net_ms = median_ms("p(x)", p=lm.predictor, x=crops) / args.faces
+            net_ms = median_ms("lm._predict(x)", lm=lm, x=crops) / args.faces
         det_ms = median_ms("d(img)", d=lm.detector, img=img) if lm.detector is not None else float("nan")
         print(f"{n:>7}  {detect_ms:>21.2f}  {net_ms:>15.2f}  {det_ms:>16.2f}")
     return 0
@@ -622,6 +623,8 @@ def _add_backend_arg(p):
     p.add_argument("--backend", choices=BACKENDS, default="torch",
                    help='network runtime: torch (TorchScript, the default) or onnxruntime (CPU, 1.4-1.7x faster '
                         'per face; pip install "pyflm[onnx]")')
+    p.add_argument("--flip-test", action="store_true",
+                   help="also run each face mirrored and average the two (more accurate, twice the network time)")
 
 
 def build_parser() -> argparse.ArgumentParser:

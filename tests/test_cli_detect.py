@@ -245,11 +245,14 @@ def test_eval(capsys):
 
     if not (default_data_root() / "300w" / "lfpw" / "testset").is_dir():
         pytest.skip("300-W data not present")
-    assert run("eval", "--split", "lfpw-test", "--limit", "6", "--quiet") == 0
-    out = capsys.readouterr().out
-    row = [line for line in out.splitlines() if line.startswith("| lfpw-test")][0]
-    nme = float(row.split("|")[2])
-    assert 0 < nme < 15
+    nmes = []
+    for extra in ([], ["--flip-test"]):
+        assert run("eval", "--split", "lfpw-test", "--limit", "6", "--quiet", *extra) == 0
+        out = capsys.readouterr().out
+        assert f"flip_test={bool(extra)}" in out
+        row = [line for line in out.splitlines() if line.startswith("| lfpw-test")][0]
+        nmes.append(float(row.split("|")[2]))
+    assert all(0 < nme < 15 for nme in nmes) and nmes[0] != nmes[1]
 
 
 def test_eval_bad_split(tmp_path, capsys):

@@ -51,6 +51,16 @@ def test_same_landmarks_as_torch(backends):
     assert ort_lm.detect(noise, boxes=np.zeros((0, 4))) == []
 
 
+def test_flip_test_on_onnxruntime(backends):
+    """flip_test works on either backend alike (it wraps the predictor)."""
+    img = cv2.imread(str(ASTRONAUT))
+    a = FaceLandmarker(detector=None, num_threads=1, flip_test=True).detect(img, boxes=FACE)[0]
+    b = FaceLandmarker(detector=None, num_threads=1, backend="onnxruntime", flip_test=True).detect(img, boxes=FACE)[0]
+    np.testing.assert_allclose(b.landmarks, a.landmarks, atol=2e-3)
+    plain = backends[1].detect(img, boxes=FACE)[0]
+    assert np.abs(b.landmarks - plain.landmarks).max() > 0.01  # the flip changed something
+
+
 def test_predictor_batches_and_errors(model_file):
     p = deploy.build_predictor(model_file)
     op = OnnxPredictor(p, num_threads=1)

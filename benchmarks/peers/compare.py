@@ -358,6 +358,8 @@ def parse_args(argv=None):
     p.add_argument("--methods", default="pyflm,dlib,lbf", help="comma list of pyflm, dlib, lbf")
     p.add_argument("--pyflm-backend", nargs="+", default=["torch"], choices=("torch", "onnxruntime"),
                    help="FaceLandmarker backends to run pyflm's models with, one row each (default: torch)")
+    p.add_argument("--pyflm-flip", choices=("off", "on", "both"), default="off",
+                   help="FaceLandmarker(flip_test=...) for pyflm's rows: off, on, or one row each (default: off)")
     p.add_argument("--pyflm-model", action="append", default=[], metavar="LABEL=PATH",
                    help="also evaluate this pyflm model file (repeatable)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for peers.json and ced.png")
@@ -390,6 +392,19 @@ def parse_args(argv=None):
     return a
 
 
+def pyflm_rows(label: str, model: str, a) -> list[tuple[str, dict]]:
+    """(row label, PyflmMethod options) for one pyflm model: one row per
+    ``--pyflm-backend`` and ``--pyflm-flip`` setting."""
+    flips = {"off": [False], "on": [True], "both": [False, True]}[a.pyflm_flip]
+    rows = []
+    for backend in a.pyflm_backend:
+        for flip in flips:
+            tags = ([backend] if backend != "torch" else []) + (["flip test"] if flip else [])
+            suffix = f" ({', '.join(tags)})" if tags else ""
+            rows.append((f"pyflm {label}{suffix}", {"model": model, "backend": backend, "flip_test": flip}))
+    return rows
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
     from benchmarks.common import machine
@@ -407,9 +422,7 @@ def main(argv=None) -> int:
         models = ([("default", "default")] if "pyflm" in a.methods else [])
         models += [(label, str(Path(path).resolve())) for label, path in a.pyflm_models]
         for label, model in models:
-            for backend in a.pyflm_backend:
-                suffix = "" if backend == "torch" else f" ({backend})"
-                todo.append((f"pyflm {label}{suffix}", "pyflm", sys.executable, {"model": model, "backend": backend}))
+            todo += [(row, "pyflm", sys.executable, opts) for row, opts in pyflm_rows(label, model, a)]
     todo += [(m, "peer", py_peers, {}) for m in peers]
     print(f"{len(faces)} faces ({', '.join(a.splits)}); timing on {min(a.timing_faces, len(faces))} faces; "
           f"methods: {', '.join(t[0] for t in todo) or 'none'}")
