@@ -335,6 +335,11 @@ def export_torchscript(model_file: dict, path, device: str = "cpu") -> Path:
     scripted = torch.jit.script(predictor)
     meta = dict(model_file["meta"])
     meta["exported_with"] = {"torch": torch.__version__}
+    from pyflm.data.schemes import model_mirror
+
+    mirror = model_mirror(meta)
+    if mirror is not None:  # for the flip test of readers without pyflm's schemes (pyflm-detect --flip-test)
+        meta["mirror"] = mirror
     extra = {EXTRA_FILE: json.dumps(meta, indent=2, sort_keys=True)}
 
     def saver(m, f):

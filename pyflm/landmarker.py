@@ -54,7 +54,7 @@ import torch
 
 from pyflm import deploy
 from pyflm.data.crops import BoxToSquare, Crop, square_from_landmarks, tight_box
-from pyflm.data.schemes import get_scheme
+from pyflm.data.schemes import model_mirror
 from pyflm.face_detection import box_iou, get_face_detector
 from pyflm.io import iter_images, iter_video_frames, load_image
 from pyflm.smoothing import OneEuroFilter
@@ -270,16 +270,12 @@ class FaceLandmarker:
         return predictor, mf["meta"], source
 
     def _mirror_permutation(self) -> torch.Tensor:
-        """The mirror permutation of this model's landmark scheme (flip test)."""
-        for name in (self.meta.get("scheme"), self.num_landmarks):
-            try:
-                sch = get_scheme(name)
-            except ValueError:
-                continue
-            if sch.num_points == self.num_landmarks:
-                return torch.as_tensor(sch.mirror_array, device=self.device)
-        raise ValueError(f"flip_test=True needs the mirror permutation of the model's landmark scheme; "
-                         f"none is known for {self.num_landmarks} points (scheme {self.meta.get('scheme')!r})")
+        """The mirror permutation of this model's landmarks (flip test)."""
+        mirror = model_mirror(self.meta)
+        if mirror is None:
+            raise ValueError(f"flip_test=True needs the mirror permutation of the model's landmark scheme; "
+                             f"none is known for {self.num_landmarks} points (scheme {self.meta.get('scheme')!r})")
+        return torch.as_tensor(mirror, device=self.device)
 
     def _predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 crops [B, S, S, 3] -> (coords [B, K, 2] crop px, scores [B, K]),

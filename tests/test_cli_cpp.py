@@ -227,7 +227,7 @@ def test_exit_code_and_errors_per_file(main_run):
 def test_json_schema(main_run, model_ts):
     doc = main_run["doc"]
     assert doc["version"] == 1 and doc["model"] == str(model_ts) and doc["device"] == "cpu"
-    assert doc["box_type"] == "tight"
+    assert doc["box_type"] == "tight" and doc["flip_test"] is False
     assert set(doc["timings_ms"]) == TOP_TIMINGS
     assert all(isinstance(v, float) and v >= 0 for v in doc["timings_ms"].values())
     for r in doc["images"]:
@@ -302,6 +302,52 @@ def test_face_landmarker_agrees(main_run, model_file):
     got = np.array([f["landmarks"] if isinstance(f, dict) else f.landmarks for f in faces], dtype=np.float64)
     cpp = np.array([f["landmarks"] for f in r["faces"]])
     assert got.shape == cpp.shape and np.abs(got - cpp).max() < TOLERANCE_PX
+
+
+def test_flip_test_matches_python(cli, model_ts, model_file, main_run, tmp_path):
+    """--flip-test: FaceLandmarker(flip_test=True)'s landmarks on the same boxes
+    (odd batch: the mirrored half must pair with its own crops), and a visible
+    change from the plain run."""
+    inputs = [p for p in main_run["inputs"] if p.is_file() and p.suffix in (".png", ".jpg") and "sub" not in p.parts
+              and p.name != "corrupt.jpg"]
+    out = tmp_path / "flip.json"
+    proc = _run(cli, "--model", model_ts, "--ops", _ops(), "--boxes", main_run["work"] / "boxes.json",
+                "--batch", 3, "--flip-test", "--cascade", _cascade(), "--json", out, *inputs)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["flip_test"] is True
+    lm = pyflm.FaceLandmarker(model=model_file, detector=None, flip_test=True)
+    plain = {r["path"]: r for r in main_run["doc"]["images"]}
+    checked = 0
+    for r in doc["images"]:
+        boxes = main_run["boxes"].get(Path(r["path"]).name, main_run["boxes"].get(r["path"]))
+        if not boxes:
+            continue
+        want = np.array([f.landmarks for f in lm.detect(cv2.imread(r["path"]), boxes=boxes, box_type="tight")])
+        cpp = np.array([f["landmarks"] for f in r["faces"]])
+        assert np.abs(cpp - want).max() < TOLERANCE_PX, f"{r['path']}: max |C++ - Python| = {np.abs(cpp - want).max()}"
+        assert np.abs(cpp - np.array([f["landmarks"] for f in plain[r["path"]]["faces"]])).max() > 0.01
+        checked += len(boxes)
+    assert checked >= 3
+
+
+def test_flip_test_needs_a_mirror(cli, tmp_path):
+    from pyflm.tasks import build_task
+
+    task = build_task("compact", input_size=64, num_landmarks=7, width=0.25, decoder_channels=8)
+    meta = deploy.default_meta("compact", 64, 7, task.model.output_stride)
+    mf = {"format": deploy.MODEL_FORMAT, "version": deploy.MODEL_VERSION, "task": "compact",
+          "model_kwargs": {"input_size": 64, "num_landmarks": 7, "width": 0.25, "decoder_channels": 8},
+          "state_dict": task.model.state_dict(), "meta": meta}
+    ts = deploy.export_torchscript(mf, tmp_path / "seven.ts")
+    assert "mirror" not in deploy.load_torchscript(ts)[1]  # no 7-point scheme is known
+    image = tmp_path / "x.png"
+    cv2.imwrite(str(image), np.zeros((32, 32, 3), np.uint8))
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"x.png": [[2, 2, 30, 30]]}))
+    proc = _run(cli, "--model", ts, "--ops", _ops(), "--boxes", boxes, "--flip-test", image)
+    assert proc.returncode == 2 and "mirror permutation" in proc.stderr
+    assert _run(cli, "--model", ts, "--ops", _ops(), "--boxes", boxes, image).returncode == 0
 
 
 # ------------------------------------------------- detection, video, stdout, batch sizes

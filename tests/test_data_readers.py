@@ -329,6 +329,21 @@ def test_scheme_fields():
         get_scheme("17")
 
 
+def test_model_mirror():
+    from pyflm.data.schemes import model_mirror
+
+    s68 = list(get_scheme("68").mirror)
+    assert model_mirror({"num_landmarks": 68, "scheme": "300w-68"}) == s68  # unknown name: found by count
+    assert model_mirror({"num_landmarks": 98, "scheme": "wflw"}) == list(get_scheme("98").mirror)
+    assert model_mirror({"num_landmarks": 68, "scheme": "wflw"}) == s68  # a name of another count is skipped
+    assert model_mirror({"num_landmarks": 7}) is None
+    swap = [1, 0, 2]
+    assert model_mirror({"num_landmarks": 3, "mirror": swap}) == swap  # the model's own wins
+    for bad in ([1, 2, 0], [0, 1], [0, 0, 2]):  # not an involution, wrong length, not a permutation
+        with pytest.raises(ValueError, match="involutive permutation of 3"):
+            model_mirror({"num_landmarks": 3, "mirror": bad})
+
+
 def _align(a, b):
     """b after the best similarity transform (proper rotation, no reflection:
     that would undo the flip) onto a, and a, both centred ([N, 2])."""

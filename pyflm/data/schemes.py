@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["LandmarkScheme", "SCHEMES", "get_scheme", "IBUG68", "WFLW98", "COFW29", "AFLW19"]
+__all__ = ["LandmarkScheme", "SCHEMES", "get_scheme", "model_mirror", "IBUG68", "WFLW98", "COFW29", "AFLW19"]
 
 
 def _perm_from_pairs(n: int, pairs: list[tuple[int, int]]) -> tuple[int, ...]:
@@ -160,3 +160,25 @@ def get_scheme(scheme: "str | int | LandmarkScheme") -> LandmarkScheme:
     if key not in SCHEMES:
         raise ValueError(f"unknown landmark scheme {scheme!r}; known: {sorted(SCHEMES)} or {sorted(_ALIASES)}")
     return SCHEMES[key]
+
+
+def model_mirror(meta: dict) -> list[int] | None:
+    """The mirror permutation of a model's landmarks (flip test): ``meta["mirror"]``
+    if the model carries one, else that of the scheme ``meta["scheme"]`` names,
+    else that of the known scheme with ``meta["num_landmarks"]`` points; None
+    when none fits. ValueError for a ``meta["mirror"]`` that is not an
+    involutive permutation of the model's points."""
+    k = int(meta["num_landmarks"])
+    if meta.get("mirror") is not None:
+        m = [int(i) for i in meta["mirror"]]
+        if sorted(m) != list(range(k)) or any(m[j] != i for i, j in enumerate(m)):
+            raise ValueError(f"model meta 'mirror' is not an involutive permutation of {k} points")
+        return m
+    for name in (meta.get("scheme"), k):
+        try:
+            sch = get_scheme(name)
+        except ValueError:
+            continue
+        if sch.num_points == k:
+            return list(sch.mirror)
+    return None

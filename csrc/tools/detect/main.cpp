@@ -82,7 +82,7 @@ int run(const Options& o) {
   }
 
   const auto t_model = std::chrono::steady_clock::now();
-  LandmarkModel model(o.model, o.device, /*warm_up=*/true);
+  LandmarkModel model(o.model, o.device, /*warm_up=*/true, o.flip_test);
   const double model_load_ms = ms_since(t_model);
   const BoxRule given_rule = model.box_rule(o.box_type);
   BoxRule detector_rule = given_rule;
@@ -110,6 +110,7 @@ int run(const Options& o) {
   doc["model"] = o.model;
   doc["device"] = model.device();
   doc["box_type"] = o.box_type;
+  doc["flip_test"] = model.flip_test();
   doc["images"] = pipeline.records();
   auto ms = [](double v) { return std::round(v * 100.0) / 100.0; };
   doc["timings_ms"] = {{"decode", ms(t.decode)}, {"detect", ms(t.detect)}, {"landmarks", ms(t.landmarks)},

@@ -77,9 +77,33 @@ struct LandmarkModel::Impl {
   nlohmann::json meta;
   int input_size = 0;
   int num_landmarks = 0;
+  bool flip_test = false;
+  torch::Tensor mirror;  // int64 [K]: point i of a mirrored crop is point mirror[i] of the crop
 };
 
-LandmarkModel::LandmarkModel(const std::string& path, const std::string& device_name, bool warm_up)
+namespace {
+
+// meta["mirror"] as an int64 tensor; SetupError unless it is an involutive permutation of k points.
+torch::Tensor read_mirror(const nlohmann::json& meta, int k, const std::string& path) {
+  if (!meta.contains("mirror")) {
+    throw SetupError(path + ": --flip-test needs the landmarks' mirror permutation, and this model's pyflm.json has "
+                     "none (re-export it with this pyflm: pyflm export)");
+  }
+  std::vector<int64_t> m;
+  try {
+    m = meta.at("mirror").get<std::vector<int64_t>>();
+  } catch (const std::exception& e) {
+    throw SetupError(path + ": pyflm.json 'mirror' is not a list of integers: " + std::string(e.what()));
+  }
+  bool ok = static_cast<int>(m.size()) == k;
+  for (size_t i = 0; ok && i < m.size(); ++i) ok = m[i] >= 0 && m[i] < k && m[static_cast<size_t>(m[i])] == static_cast<int64_t>(i);
+  if (!ok) throw SetupError(path + ": pyflm.json 'mirror' is not an involutive permutation of " + std::to_string(k) + " points");
+  return torch::tensor(m, torch::kInt64);
+}
+
+}  // namespace
+
+LandmarkModel::LandmarkModel(const std::string& path, const std::string& device_name, bool warm_up, bool flip_test)
     : impl_(std::make_unique<Impl>()) {
   Impl& m = *impl_;
   try {
@@ -124,6 +148,10 @@ LandmarkModel::LandmarkModel(const std::string& path, const std::string& device_
     throw SetupError(path + ": unreadable pyflm.json metadata: " + std::string(e.what()));
   }
   if (m.input_size <= 0 || m.num_landmarks <= 0) throw SetupError(path + ": pyflm.json has a bad input_size or num_landmarks");
+  if (flip_test) {
+    m.mirror = read_mirror(m.meta, m.num_landmarks, path).to(m.device);
+    m.flip_test = true;
+  }
 
   if (warm_up) {
     const std::vector<cv::Mat> zeros{cv::Mat::zeros(m.input_size, m.input_size, CV_8UC3)};
@@ -141,6 +169,7 @@ LandmarkModel::~LandmarkModel() = default;
 int LandmarkModel::input_size() const { return impl_->input_size; }
 int LandmarkModel::num_landmarks() const { return impl_->num_landmarks; }
 std::string LandmarkModel::device() const { return impl_->device.str(); }
+bool LandmarkModel::flip_test() const { return impl_->flip_test; }
 
 namespace {
 
@@ -214,9 +243,11 @@ void LandmarkModel::predict(const std::vector<cv::Mat>& crops, std::vector<float
     }
     std::memcpy(batch.data_ptr<uint8_t>() + i * crop_bytes, c.data, crop_bytes);
   }
+  torch::Tensor input = batch.to(m.device);
+  if (m.flip_test) input = torch::cat({input, input.flip({2})});  // [2N, S, S, 3]: the crops, then their mirrors
   c10::IValue out;
   try {
-    out = m.module.forward({batch.to(m.device)});
+    out = m.module.forward({input});
   } catch (const std::exception& e) {
     throw std::runtime_error("landmark model failed: " + message_of(e));
   }
@@ -224,8 +255,16 @@ void LandmarkModel::predict(const std::vector<cv::Mat>& crops, std::vector<float
     throw std::runtime_error("landmark model returned something other than (coords, scores)");
   }
   const auto& parts = out.toTupleRef().elements();
-  torch::Tensor xy = parts[0].toTensor().to(torch::kCPU, torch::kFloat32).contiguous();
-  torch::Tensor sc = parts[1].toTensor().to(torch::kCPU, torch::kFloat32).contiguous();
+  torch::Tensor xy = parts[0].toTensor().to(torch::kFloat32);
+  torch::Tensor sc = parts[1].toTensor().to(torch::kFloat32);
+  if (m.flip_test && xy.dim() == 3 && xy.size(0) == 2 * n && sc.dim() == 2 && sc.size(0) == 2 * n) {
+    torch::Tensor back = xy.slice(0, n).index_select(1, m.mirror);  // the mirrors' points, re-ordered
+    back.select(2, 0).mul_(-1).add_(s - 1);                           // x -> S - 1 - x
+    xy = (xy.slice(0, 0, n) + back) * 0.5;
+    sc = (sc.slice(0, 0, n) + sc.slice(0, n).index_select(1, m.mirror)) * 0.5;
+  }
+  xy = xy.to(torch::kCPU).contiguous();
+  sc = sc.to(torch::kCPU).contiguous();
   if (xy.sizes() != torch::IntArrayRef({n, k, 2}) || sc.sizes() != torch::IntArrayRef({n, k})) {
     throw std::runtime_error("landmark model returned coords " + c10::str(xy.sizes()) + " and scores " +
                              c10::str(sc.sizes()) + "; expected [" + std::to_string(n) + ", " + std::to_string(k) + ", 2] and [" +

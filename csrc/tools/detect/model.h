@@ -31,12 +31,17 @@ class LandmarkModel {
   // first two calls profile and optimise the graph (~0.7 s each here), and the
   // optimised graph then serves every batch size. Throws SetupError for a
   // missing or unreadable model, one without pyflm.json, or an absent CUDA.
-  LandmarkModel(const std::string& path, const std::string& device, bool warm_up);
+  // With `flip_test`, predict() also runs every crop mirrored left-right, maps
+  // that prediction back (x -> S - 1 - x, meta["mirror"] re-orders the points)
+  // and averages the two, as pyflm.FaceLandmarker(flip_test=True); SetupError
+  // when the metadata has no valid "mirror" permutation.
+  LandmarkModel(const std::string& path, const std::string& device, bool warm_up, bool flip_test = false);
   ~LandmarkModel();
 
   int input_size() const;     // S: crops are S x S
   int num_landmarks() const;  // K
   std::string device() const; // e.g. "cpu", "cuda:0"
+  bool flip_test() const;
 
   // meta["crop"]["boxes"][box_type]; "tight" always exists (default: the
   // landmark crop's scale around the box centre, as pyflm.FaceLandmarker).

@@ -11,7 +11,7 @@ const char* usage_text() {
   return
       "usage: pyflm-detect --model FILE.ts [--ops PATH/libpyflm_ops.so] [--device cpu|cuda]\n"
       "                    [--cascade haarcascade_frontalface_default.xml] [--max-side N] [--boxes boxes.json]\n"
-      "                    [--box-type haar|tight] [--batch N] [--threads N] [--json out.json]\n"
+      "                    [--box-type haar|tight] [--batch N] [--flip-test] [--threads N] [--json out.json]\n"
       "                    [--out-dir DIR] INPUT...\n"
       "\n"
       "Facial landmarks for every face in images, folders of images (sorted, not\n"
@@ -32,6 +32,8 @@ const char* usage_text() {
       "                    the face crop (default tight: a tight box around the landmarks; haar:\n"
       "                    boxes like the Haar detector's). Detected faces use the haar rule.\n"
       "  --batch N         faces per forward call (default 8)\n"
+      "  --flip-test       also run each face mirrored and average the two predictions, as\n"
+      "                    pyflm's FaceLandmarker(flip_test=True): more accurate, twice the time\n"
       "  --threads N       CPU threads for libtorch and OpenCV (default: their own)\n"
       "  --json FILE       write the results there (default: standard output)\n"
       "  --out-dir DIR     also write annotated images (box and points) there\n"
@@ -72,6 +74,10 @@ Options parse_args(int argc, char** argv) {
     }
     if (arg == "--help") {
       o.help = true;
+      continue;
+    }
+    if (arg == "--flip-test") {
+      o.flip_test = true;
       continue;
     }
     // --name value or --name=value
