@@ -70,8 +70,11 @@ def run(device: str = "cpu", quick: bool = False) -> list[dict]:
     return records
 
 
+COLUMNS = ["shape", "dtype", "refine", "op_ms", "ref_ms", "ratio", "amax_ms", "op_vs_amax", "GB_per_s"]
+
+
 def main(argv: list[str] | None = None) -> None:
-    common.bench_main("argmax_decode", run, ["shape", "dtype", "refine", "op_ms", "ref_ms", "ratio", "amax_ms", "op_vs_amax", "GB_per_s"], argv, __doc__.splitlines()[0])
+    common.bench_main("argmax_decode", run, COLUMNS, argv, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

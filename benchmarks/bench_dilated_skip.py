@@ -171,8 +171,11 @@ def run(device: str = "cpu", quick: bool = False) -> list[dict]:
     return records
 
 
+COLUMNS = ["case", "shape", "ref_ms", "op_ms", "ratio", "ref_mb", "op_mb", "mem_ratio"]
+
+
 def main(argv: list[str] | None = None) -> None:
-    common.bench_main("dilated_skip", run, ["case", "shape", "ref_ms", "op_ms", "ratio", "ref_mb", "op_mb", "mem_ratio"], argv, __doc__.splitlines()[0])
+    common.bench_main("dilated_skip", run, COLUMNS, argv, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

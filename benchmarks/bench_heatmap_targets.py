@@ -143,9 +143,12 @@ def _time_out(coords, vis, H, W, sigma, kind, bg, min_run) -> float:
         min_run_time=min_run)
 
 
+COLUMNS = ["device", "kind", "dtype", "B", "K", "H", "W", "baseline", "op_ms", "op_out_ms", "baseline_ms", "ratio",
+           "ratio_out", "target", "meets_target"]
+
+
 def main(argv: list[str] | None = None) -> None:
-    common.bench_main("heatmap_targets", run, ["device", "kind", "dtype", "B", "K", "H", "W", "baseline",
-                 "op_ms", "op_out_ms", "baseline_ms", "ratio", "ratio_out", "target", "meets_target"], argv, __doc__.splitlines()[0])
+    common.bench_main("heatmap_targets", run, COLUMNS, argv, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

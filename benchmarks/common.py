@@ -70,6 +70,13 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
         print("  ".join(_fmt(r.get(c)).ljust(w) for c, w in zip(columns, widths)))
 
 
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    """``rows`` as a markdown table of ``columns`` (floats to 4 significant digits)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"

@@ -324,6 +324,11 @@ def test_main_without_peers_or_pyflm_api(tmp_path, monkeypatch):
     FaceLandmarker is skipped with its reason, and the JSON still lands."""
 
     monkeypatch.setattr(compare, "pyflm_available", lambda: "pyflm has no FaceLandmarker (simulated)")
+    import benchmarks.run_ops
+
+    kernel_calls = []
+    fake = {"soft_argmax": {"columns": ["case", "op_ms", "ratio"], "rows": [{"case": "forward", "op_ms": 1.5, "ratio": 12.0}]}}
+    monkeypatch.setattr(benchmarks.run_ops, "run_all", lambda device, quick: kernel_calls.append((device, quick)) or fake)
     rng = np.random.default_rng()
     for folder in ("300w/helen/testset", "300w/lfpw/testset"):
         d = tmp_path / "data" / folder
@@ -337,6 +342,13 @@ def test_main_without_peers_or_pyflm_api(tmp_path, monkeypatch):
     assert doc["faces"] == 4 and doc["methods"] == [] and "FaceLandmarker" in doc["skipped"]["pyflm"]
     assert doc["machine"]["cpu_count"] >= 1 and doc["command"].endswith(f"--out {out}")
     assert not (out / "ced.png").exists()
+    # the op microbenchmarks ride along (quick by default), as rows and as a table
+    assert kernel_calls == [("cpu", True)] and doc["kernels"] == {"mode": "quick", "ops": fake}
+    assert "| case | op_ms | ratio |" in doc["tables"]["kernels"] and "| forward | 1.5 | 12 |" in doc["tables"]["kernels"]
+    assert compare.main(["--methods", "pyflm", "--data-root", str(tmp_path / "data"), "--out", str(out),
+                         "--kernels", "off"]) == 0
+    doc = json.loads((out / "peers.json").read_text())
+    assert doc["kernels"] is None and "kernels" not in doc["tables"] and len(kernel_calls) == 1
 
 
 def test_pyflm_adapter_against_the_face_landmarker_api(images, monkeypatch):

@@ -24,8 +24,13 @@ threads (OMP/OpenBLAS/MKL env vars, cv2.setNumThreads, torch.set_num_threads).
 Peak RSS: the worker's VmHWM in the 1-thread timing run (it includes Python,
 NumPy and OpenCV for reading images, the "start" value in peers.json).
 
-Writes <out>/peers.json (atomic: results, machine, versions, date), <out>/ced.png
-and prints the tables (markdown) that the README quotes.
+Kernels: the op library's microbenchmarks (benchmarks.run_ops: each op against its
+plain-PyTorch reference, ratio in the same run) run after the methods, on this
+machine, in the same report (``--kernels quick``, the default; ``full`` for the
+sizes of ``python -m benchmarks.run_ops``; ``off``).
+
+Writes <out>/peers.json (atomic: results, kernels, machine, versions, date),
+<out>/ced.png and prints the tables (markdown) that the README quotes.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from benchmarks.common import markdown_table
 from benchmarks.peers.evaluation import (
     MATCH_MIN_IOU,
     BoxMap,
@@ -295,6 +301,10 @@ def report(results: list[dict], splits: list[str], out: Path, meta: dict) -> dic
                     acc_rows[f"{r['label']}, {s}, {source} boxes"] = r["accuracy"][key]
     speed_rows = {r["label"]: r["speed"] for r in results}
     tables = {"accuracy": accuracy_table(acc_rows), "speed": speed_table(speed_rows)}
+    kernels = meta.get("kernels") or {}
+    if kernels.get("ops"):
+        tables["kernels"] = "\n\n".join(f"{op}:\n\n" + markdown_table(k["rows"], k["columns"])
+                                        for op, k in kernels["ops"].items())
     ced_path = plot_ced_grid(results, splits, out / "ced.png") if results else None
     doc = {**meta, "tables": tables, "methods": results, "ced_png": str(ced_path) if ced_path else None}
     write_json_atomic(out / "peers.json", doc)
@@ -362,6 +372,8 @@ def parse_args(argv=None):
                    help="FaceLandmarker(flip_test=...) for pyflm's rows: off, on, or one row each (default: off)")
     p.add_argument("--pyflm-model", action="append", default=[], metavar="LABEL=PATH",
                    help="also evaluate this pyflm model file (repeatable)")
+    p.add_argument("--kernels", choices=("quick", "full", "off"), default="quick",
+                   help="the op library's microbenchmarks in the same report (default: quick sizes)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for peers.json and ced.png")
     p.add_argument("--peers-python", help="Python of the peers' venv (default <repo>/.venv-peers/bin/python)")
     p.add_argument("--timing-faces", type=int, default=None, help="faces timed per thread count (default 200)")
@@ -405,6 +417,21 @@ def pyflm_rows(label: str, model: str, a) -> list[tuple[str, dict]]:
     return rows
 
 
+def run_kernels(mode: str) -> dict | None:
+    """benchmarks.run_ops on the CPU (``mode`` quick or full), or None for off;
+    {"mode", "ops": {op: {"columns", "rows"}}} or {"mode", "error"} when the op
+    library is missing."""
+    if mode == "off":
+        return None
+    from benchmarks.run_ops import run_all
+
+    print(f"kernels: benchmarks.run_ops ({mode}) on the CPU")
+    try:
+        return {"mode": mode, "ops": run_all("cpu", quick=mode == "quick")}
+    except RuntimeError as e:  # no compiled op library
+        return {"mode": mode, "error": str(e)}
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
     from benchmarks.common import machine
@@ -442,18 +469,22 @@ def main(argv=None) -> int:
                                            a.timing_faces, workdir))
         if a.train_check and peers:
             checked = train_check(peers, py_peers, a.quick, workdir, a.data_root)
+        kernels = run_kernels(a.kernels)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     meta = {"machine": machine(), "command": " ".join(["python -m benchmarks.peers.compare"] + list(
                 sys.argv[1:] if argv is None else argv)),
             "quick": a.quick, "splits": a.splits, "faces": len(faces), "skipped": skipped,
             "match_min_iou": MATCH_MIN_IOU, "load_average": {"before": load_before, "after": os.getloadavg()},
-            "train_check": checked}
+            "train_check": checked, "kernels": kernels}
     doc = report(results, a.splits, a.out, meta)
     print("\nAccuracy (NME normalised by the outer eye corners; over detected faces):\n")
     print(doc["tables"]["accuracy"])
     print("\nSpeed and memory (medians; this machine, see peers.json 'machine'):\n")
     print(doc["tables"]["speed"])
+    if doc["tables"].get("kernels"):
+        print("\nKernels: each pyflm op against its plain-PyTorch reference (ratio = reference / op, same run):\n")
+        print(doc["tables"]["kernels"])
     print(f"\nwrote {a.out / 'peers.json'}" + (f" and {doc['ced_png']}" if doc["ced_png"] else ""))
     return 0
 
