@@ -83,7 +83,8 @@ def _make_landmarker(args, detector="default", num_threads=None):
                               box_type=getattr(args, "box_type", None),
                               num_threads=num_threads or getattr(args, "threads", None),
                               backend=getattr(args, "backend", "torch"),
-                              flip_test=getattr(args, "flip_test", False))
+                              flip_test=getattr(args, "flip_test", False),
+                              refine=getattr(args, "refine", 0))
     except (ModelFileError, RuntimeError, ValueError, ImportError) as e:
         raise UsageError(str(e)) from None
 
@@ -457,6 +458,8 @@ def _predict_split(lm, samples, crops: str, min_iou: float, desc: str, quiet: bo
     detector missed. ``crops="gt"``: the model's ground-truth crop rule;
     ``"detector"``: the detected face matched to each annotation (IoU with the
     tight box of its landmarks >= ``min_iou``)."""
+    from types import SimpleNamespace
+
     import numpy as np
 
     from pyflm.data.crops import Crop, square_from_landmarks
@@ -468,9 +471,12 @@ def _predict_split(lm, samples, crops: str, min_iou: float, desc: str, quiet: bo
     scale, center = lm.landmark_rule
 
     def flush():
-        coords, _ = lm._forward([warped for _, warped, _ in batch])
-        for (crop, _, gt), xy in zip(batch, coords):
-            preds.append(crop.to_image(xy))
+        coords, scores = lm._forward([warped for _, warped, _, _ in batch])
+        jobs = [SimpleNamespace(crops=[crop], image=img) for crop, _, _, img in batch]
+        for _ in range(lm.refine):  # as detect() does: re-crop from the landmarks, predict again
+            coords, scores = lm._refine_once(jobs, coords, scores)
+        for job, (_, _, gt, _), xy in zip(jobs, batch, coords):
+            preds.append(job.crops[0].to_image(xy))
             gts.append(gt)
         batch.clear()
 
@@ -482,7 +488,7 @@ def _predict_split(lm, samples, crops: str, min_iou: float, desc: str, quiet: bo
         if crops == "gt":
             for s in group:
                 crop = Crop.from_square(*square_from_landmarks(s.landmarks, scale, center), lm.input_size)
-                batch.append((crop, crop.warp(img), s.landmarks))
+                batch.append((crop, crop.warp(img), s.landmarks, img))
             if len(batch) >= lm.max_batch_size:
                 flush()
             continue
@@ -625,6 +631,9 @@ def _add_backend_arg(p):
                         'per face; pip install "pyflm[onnx]")')
     p.add_argument("--flip-test", action="store_true",
                    help="also run each face mirrored and average the two (more accurate, twice the network time)")
+    p.add_argument("--refine", type=int, default=0, metavar="N",
+                   help="re-crop each face from its landmarks and predict again, N times (0-10, default 0): "
+                        "more accurate from detector boxes, one more network pass per round")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -246,13 +246,13 @@ def test_eval(capsys):
     if not (default_data_root() / "300w" / "lfpw" / "testset").is_dir():
         pytest.skip("300-W data not present")
     nmes = []
-    for extra in ([], ["--flip-test"]):
+    for extra in ([], ["--flip-test"], ["--refine", "1"]):
         assert run("eval", "--split", "lfpw-test", "--limit", "6", "--quiet", *extra) == 0
         out = capsys.readouterr().out
-        assert f"flip_test={bool(extra)}" in out
+        assert f"flip_test={'--flip-test' in extra}, refine={1 if '--refine' in extra else 0})" in out
         row = [line for line in out.splitlines() if line.startswith("| lfpw-test")][0]
         nmes.append(float(row.split("|")[2]))
-    assert all(0 < nme < 15 for nme in nmes) and nmes[0] != nmes[1]
+    assert all(0 < nme < 15 for nme in nmes) and len(set(nmes)) == 3  # each setting changes the landmarks
 
 
 def test_eval_bad_split(tmp_path, capsys):

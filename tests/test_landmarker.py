@@ -522,3 +522,27 @@ def test_flip_test_needs_a_mirror_permutation():
     mf = _tiny_model_file(k=68)
     mf["meta"]["scheme"] = "custom"  # unknown name: the 68-point count still finds iBUG's mirror
     assert FaceLandmarker(model=mf, detector=None, flip_test=True).flip_test
+
+
+# ------------------------------------------------------------------ refinement
+def test_refine_recrops_from_the_landmarks(nodet, astronaut, rng):
+    """refine=N: N more passes, each from the training crop of the previous
+    landmarks (for this model: the tight rule around their box); boxes stay."""
+    from pyflm.data.crops import tight_box
+
+    assert nodet.landmark_rule[1] == "box"  # so the tight rule is the training crop of a prediction
+    loose = FACE_BOX + np.r_[-18, -10, 14, 22] + rng.uniform(-3, 3, 4)  # a detector-like, off-centre box
+    want = nodet.detect(astronaut, boxes=[loose])
+    for rounds in (1, 2):
+        want = nodet.detect(astronaut, boxes=[tight_box(want[0].landmarks)], box_type="tight")
+        lm = FaceLandmarker(detector=None, refine=rounds)
+        got = lm.detect(astronaut, boxes=[loose, FACE_BOX])
+        np.testing.assert_allclose(got[0].landmarks, want[0].landmarks, atol=1e-3)
+        np.testing.assert_allclose(got[0].box, loose)
+        _check_face(got[1])
+    plain = nodet.detect(astronaut, boxes=[loose])[0]
+    assert np.abs(plain.landmarks - got[0].landmarks).max() > 0.1  # the loose box's crop mattered
+    assert lm.detect(astronaut, boxes=np.zeros((0, 4))) == [] and "refine=2" in repr(lm)
+    for bad in (-1, 11, 1.0, True):
+        with pytest.raises(ValueError, match="refine"):
+            FaceLandmarker(detector=None, refine=bad)

@@ -283,16 +283,18 @@ def test_parse_args():
     a = compare.parse_args(["--quick", "--splits", "helen", "--methods", "dlib"])
     assert a.splits == ["helen"] and a.methods == ["dlib"] and a.timing_faces == 50
     for bad in (["--splits", "ibug"], ["--methods", "dlib,xyz"], ["--pyflm-model", "nolabel"],
-                ["--pyflm-model", "x=/nonexistent/model.pt"], ["--pyflm-flip", "yes"]):
+                ["--pyflm-model", "x=/nonexistent/model.pt"], ["--pyflm-options", "flop"],
+                ["--pyflm-options", "refine=11"], ["--pyflm-options", "flip+refine"]):
         with pytest.raises(SystemExit):
             compare.parse_args(bad)
     a = compare.parse_args([])
     assert compare.pyflm_rows("default", "m.pt", a) == [
-        ("pyflm default", {"model": "m.pt", "backend": "torch", "flip_test": False})]
-    a = compare.parse_args(["--pyflm-backend", "torch", "onnxruntime", "--pyflm-flip", "both"])
-    assert [row for row, _ in compare.pyflm_rows("x", "m.pt", a)] == [
-        "pyflm x", "pyflm x (flip test)", "pyflm x (onnxruntime)", "pyflm x (onnxruntime, flip test)"]
-    assert [o["flip_test"] for _, o in compare.pyflm_rows("x", "m.pt", a)] == [False, True, False, True]
+        ("pyflm default", {"model": "m.pt", "backend": "torch", "flip_test": False, "refine": 0})]
+    a = compare.parse_args(["--pyflm-backend", "torch", "onnxruntime", "--pyflm-options", "plain", "flip+refine=2"])
+    rows = compare.pyflm_rows("x", "m.pt", a)
+    assert [row for row, _ in rows] == ["pyflm x", "pyflm x (flip test, refine 2)", "pyflm x (onnxruntime)",
+                                        "pyflm x (onnxruntime, flip test, refine 2)"]
+    assert [(o["flip_test"], o["refine"]) for _, o in rows] == [(False, 0), (True, 2)] * 2
 
 
 def test_method_jobs_and_predictions():
@@ -353,7 +355,7 @@ def test_main_without_peers_or_pyflm_api(tmp_path, monkeypatch):
 
 def test_pyflm_adapter_against_the_face_landmarker_api(images, monkeypatch):
     """The worker's pyflm adapter calls FaceLandmarker(model, device, detector,
-    backend, num_threads, flip_test) and detect(image, boxes, box_type) as specified (with a
+    backend, num_threads, flip_test, refine) and detect(image, boxes, box_type) as specified (with a
     stand-in FaceLandmarker)."""
     import types
 
@@ -362,8 +364,8 @@ def test_pyflm_adapter_against_the_face_landmarker_api(images, monkeypatch):
     calls = []
 
     class StandIn:
-        def __init__(self, model, device, detector, backend, num_threads, flip_test):
-            calls.append(("init", model, device, detector, backend, num_threads, flip_test))
+        def __init__(self, model, device, detector, backend, num_threads, flip_test, refine):
+            calls.append(("init", model, device, detector, backend, num_threads, flip_test, refine))
 
         def detect(self, image, boxes=None, box_type=None):
             calls.append(("detect", image.shape, boxes, box_type))
@@ -382,7 +384,7 @@ def test_pyflm_adapter_against_the_face_landmarker_api(images, monkeypatch):
                                  {"id": "b", "image": images[1], "detect": True}]})
     finally:
         torch.set_num_threads(threads)
-    assert calls[0] == ("init", "m.pt", "cpu", "default", "torch", 1, False)
+    assert calls[0] == ("init", "m.pt", "cpu", "default", "torch", 1, False, 0)
     assert calls[1] == ("detect", (120, 160, 3), [[1, 2, 30, 40]], "tight")
     assert calls[2] == ("detect", (120, 160, 3), None, None)  # own detector: one full call
     # then landmarks alone, timed, read with the detector's crop rule (the stand-in has none: tight)

@@ -368,8 +368,9 @@ def parse_args(argv=None):
     p.add_argument("--methods", default="pyflm,dlib,lbf", help="comma list of pyflm, dlib, lbf")
     p.add_argument("--pyflm-backend", nargs="+", default=["torch"], choices=("torch", "onnxruntime"),
                    help="FaceLandmarker backends to run pyflm's models with, one row each (default: torch)")
-    p.add_argument("--pyflm-flip", choices=("off", "on", "both"), default="off",
-                   help="FaceLandmarker(flip_test=...) for pyflm's rows: off, on, or one row each (default: off)")
+    p.add_argument("--pyflm-options", nargs="+", default=["plain"], metavar="OPTS",
+                   help='FaceLandmarker settings, a row each (per backend): "plain" or "+"-joined "flip" '
+                        '(flip_test=True) and "refine=N", e.g. flip+refine=1 (default: plain)')
     p.add_argument("--pyflm-model", action="append", default=[], metavar="LABEL=PATH",
                    help="also evaluate this pyflm model file (repeatable)")
     p.add_argument("--kernels", choices=("quick", "full", "off"), default="quick",
@@ -399,21 +400,41 @@ def parse_args(argv=None):
             p.error(f"--pyflm-model {label}: no such file {path}")
         models.append((label, path))
     a.pyflm_models = models
+    try:
+        a.pyflm_settings = [parse_pyflm_options(spec) for spec in a.pyflm_options]
+    except ValueError as e:
+        p.error(f"--pyflm-options: {e}")
     if a.timing_faces is None:
         a.timing_faces = 50 if a.quick else 200
     return a
 
 
+def parse_pyflm_options(spec: str) -> dict:
+    """ "plain" | "+"-joined "flip" and "refine=N" -> {"flip_test": bool, "refine": int}."""
+    out = {"flip_test": False, "refine": 0}
+    if spec == "plain":
+        return out
+    for part in spec.split("+"):
+        name, _, value = part.partition("=")
+        if part == "flip":
+            out["flip_test"] = True
+        elif name == "refine" and value.isdigit() and 0 <= int(value) <= 10:
+            out["refine"] = int(value)
+        else:
+            raise ValueError(f"{spec!r}: {part!r} is not flip or refine=N (N in 0..10)")
+    return out
+
+
 def pyflm_rows(label: str, model: str, a) -> list[tuple[str, dict]]:
     """(row label, PyflmMethod options) for one pyflm model: one row per
-    ``--pyflm-backend`` and ``--pyflm-flip`` setting."""
-    flips = {"off": [False], "on": [True], "both": [False, True]}[a.pyflm_flip]
+    ``--pyflm-backend`` and ``--pyflm-options`` setting."""
     rows = []
     for backend in a.pyflm_backend:
-        for flip in flips:
-            tags = ([backend] if backend != "torch" else []) + (["flip test"] if flip else [])
+        for opts in a.pyflm_settings:
+            tags = (([backend] if backend != "torch" else []) + (["flip test"] if opts["flip_test"] else [])
+                    + ([f"refine {opts['refine']}"] if opts["refine"] else []))
             suffix = f" ({', '.join(tags)})" if tags else ""
-            rows.append((f"pyflm {label}{suffix}", {"model": model, "backend": backend, "flip_test": flip}))
+            rows.append((f"pyflm {label}{suffix}", {"model": model, "backend": backend, **opts}))
     return rows
 
 

@@ -218,7 +218,7 @@ class LbfMethod(Method):
 class PyflmMethod(Method):
     """pyflm.FaceLandmarker (run with the project's venv, repo root on sys.path).
     Options: ``model`` ("default" or a model file), ``detector`` ("default"),
-    ``backend`` ("torch" or "onnxruntime"), ``flip_test`` (bool). Boxes sent to it are tight landmark
+    ``backend`` ("torch" or "onnxruntime"), ``flip_test`` (bool), ``refine`` (int). Boxes sent to it are tight landmark
     boxes (``box_type="tight"``)."""
 
     name = "pyflm"
@@ -226,7 +226,7 @@ class PyflmMethod(Method):
     detect_yields_landmarks = True
 
     def __init__(self, model: str = "default", detector: str = "default", threads: int = 1, backend: str = "torch",
-                 flip_test: bool = False):
+                 flip_test: bool = False, refine: int = 0):
         import torch
 
         torch.set_num_threads(int(threads))
@@ -235,7 +235,8 @@ class PyflmMethod(Method):
         if not hasattr(pyflm, "FaceLandmarker"):
             raise ImportError(f"pyflm {pyflm.__version__} at {pyflm.__file__} has no FaceLandmarker yet")
         self.lm = pyflm.FaceLandmarker(model=model, device="cpu", detector=detector, backend=backend,
-                                       num_threads=int(threads), flip_test=bool(flip_test))
+                                       num_threads=int(threads), flip_test=bool(flip_test),
+                                       refine=int(refine))
         self.versions = {"pyflm": pyflm.__version__, "torch": torch.__version__}
         if backend == "onnxruntime":
             import onnxruntime
