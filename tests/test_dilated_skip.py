@@ -106,6 +106,45 @@ def test_dtypes_match_float64_reference(compiled, poison, dtype):
         assert a <= 4 * b + slack, (i, ours, theirs)
 
 
+@pytest.mark.parametrize("lp", [torch.bfloat16, torch.float16])
+def test_autocast(compiled, device, lp):
+    """Under torch.autocast a conv hands the block low-precision heatmaps while
+    its parameters stay fp32: the op casts them all to the autocast dtype, as
+    a convolution would (same result as casting by hand), differentiably."""
+    blk, _ = _pair(5, 3, (1, 2, 4), dtype=torch.float32, device=device)
+    conv = torch.nn.Conv2d(2, 5, 3, padding=1).to(device)
+    x = torch.randn(2, 2, 11, 7, device=device, requires_grad=True)
+    with torch.autocast(device, dtype=lp):
+        h = conv(x)
+        assert h.dtype == lp  # the situation this is about
+        out = blk(h)
+    assert out.dtype == lp
+    w, b = _params(blk)
+    by_hand = dilated_skip_block(h.detach(), [t.to(lp) for t in w], [t.to(lp) for t in b], blk.dilations)
+    torch.testing.assert_close(out.detach(), by_hand, rtol=0, atol=0)
+    out.float().sum().backward()  # gradients reach the fp32 parameters and the conv's input
+    assert all(t.grad is not None and t.grad.dtype == torch.float32 and torch.isfinite(t.grad).all() for t in w)
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    ref = dilated_skip_block_reference(h.detach().double(), [t.double() for t in w], [t.double() for t in b],
+                                       blk.dilations)
+    torch.testing.assert_close(out.double(), ref, **TOLERANCES[lp])
+
+
+def test_inference_mode_batch_on_threads(compiled):
+    """Under torch.inference_mode (how FaceLandmarker runs models) a batch that
+    the CPU kernel splits over threads: every worker must see inference mode."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))
+    try:
+        blk, ref = _pair(8, 4, (1, 2, 4), dtype=torch.float32)
+        x = torch.randn(4, 8, 48, 40)  # > 2^20 multiply-adds a sample: the threaded path
+        with torch.inference_mode():
+            out = blk(x)
+        torch.testing.assert_close(out.double(), ref.double()(x.double()), **TOLERANCES[torch.float32])
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_default_config_float32(compiled):
     blk, ref = _pair(68, None, (1, 1, 2, 4, 8, 16, 32), dtype=torch.float32)
     with torch.no_grad():

@@ -18,6 +18,7 @@
 #include <string>
 
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 
 #include "ops/checks.h"
 
@@ -161,7 +162,14 @@ template <typename Fn>
 void for_samples(const at::Tensor& t, int64_t B, int64_t work_per_sample, const Fn& fn) {
   if (t.device().is_cpu() && B > 1 && at::get_num_threads() > 1 &&
       work_per_sample >= kParallelWork) {
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) { fn(b0, b1, at::get_thread_num()); });
+    // The worker threads get the caller's thread-local state (inference mode,
+    // grad mode, dispatch keys): without it an in-place GEMM on an inference
+    // tensor fails on every thread but the caller's.
+    const at::ThreadLocalState caller;
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      at::ThreadLocalStateGuard same_state(caller);
+      fn(b0, b1, at::get_thread_num());
+    });
   } else {
     fn(0, B, 0);
   }
