@@ -378,14 +378,14 @@ class FaceLandmarker:
     def _refine_once(self, jobs: list, coords: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Re-crop every face of ``jobs`` from its landmarks (``coords``, crop
         px, in job order) by the training crop rule and predict again; the
-        jobs' crops are replaced. A face whose landmarks are not finite keeps
-        its crop."""
+        jobs' crops are replaced. A face whose landmarks are not finite, or
+        all one point, keeps its crop."""
         scale, center = self.landmark_rule
         images, at = [], 0
         for j in jobs:
             for i, crop in enumerate(j.crops):
                 pts = crop.to_image(coords[at + i])
-                if np.isfinite(pts).all():
+                if np.isfinite(pts).all() and np.ptp(pts, axis=0).max() > 0:
                     j.crops[i] = Crop.from_square(*square_from_landmarks(pts, scale, center), self.input_size)
                 images.append(j.crops[i].warp(j.image))
             at += len(j.crops)
