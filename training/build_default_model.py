@@ -1,7 +1,7 @@
 """Train, evaluate and package pyflm's bundled default model in one command.
 
     python -m training.build_default_model [--out runs/default] [--skip-train]
-        [--stage1 FILE] [--device cpu|cuda] [--root DATA]
+        [--stage1 FILE] [--from-stage N] [--device cpu|cuda] [--root DATA]
 
 Steps (each writes under ``--out``; a finished step's outputs are reused with
 ``--skip-train`` / when present):
@@ -14,9 +14,12 @@ Steps (each writes under ``--out``; a finished step's outputs are reused with
 2. ``training.train --config training/configs/default_box.toml``, initialised
    from stage 1: fine-tuned on crops centred at the landmarks' box centre, the
    centre a face box determines, into ``--out``/box;
+   ``training/configs/default_long.toml``, initialised from stage 2's best: one
+   more learning-rate cycle on the same crops, into ``--out``/long (the final
+   stage);
 3. ``training.fit_detector_crops --detector haar --center box`` on the 300-W
    train images: the Haar box -> crop rule (and the tight-landmark-box rule);
-4. ``training.evaluate`` of stage 2's ``best.pt`` on the 300-W common, HELEN
+4. ``training.evaluate`` of the final stage's ``best.pt`` on the 300-W common, HELEN
    and LFPW test sets, with ground-truth crops and with Haar detector crops;
 5. the model file ``pyflm/weights/default.pt`` (:mod:`pyflm.deploy` format):
    weights, the fitted crop rules and the measured accuracy in its meta, so
@@ -40,7 +43,9 @@ __all__ = ["package", "main"]
 DATA_LICENCE = ("Trained on the 300-W training images (AFW, HELEN, LFPW; iBUG annotations), which are licensed "
                 "for non-commercial research only; the weights carry the same restriction.")
 SPLITS = ("common", "helen-test", "lfpw-test")
-STAGES = ("training/configs/default.toml", "training/configs/default_box.toml")
+# (config, run folder under --out): each stage starts from the previous one's best.pt
+STAGES = (("training/configs/default.toml", "."), ("training/configs/default_box.toml", "box"),
+          ("training/configs/default_long.toml", "long"))
 KEPT = ("nme", "eye_nme", "fr@0.08", "fr@0.1", "auc@0.08", "n", "detected", "detection_misses", "detected_fraction")
 
 
@@ -72,7 +77,7 @@ def package(checkpoint, rules_file, out_file, eval_gt=None, eval_detector=None) 
     meta["metrics"] = metrics
     meta["metrics_note"] = "fractions; nme = inter-ocular (outer eye corners 36, 45); 300-W test sets"
     meta["licence"] = DATA_LICENCE
-    meta["training"]["source"] = " then ".join(STAGES)
+    meta["training"]["source"] = " then ".join(config for config, _ in STAGES)
     return deploy.save_model_file(out_file, mf["task"], mf["model_kwargs"], mf["state_dict"], meta)
 
 
@@ -80,9 +85,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.build_default_model", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/default", help="run folder (default runs/default)")
     p.add_argument("--model-out", default=str(deploy.default_model_path()), help="model file to write")
-    p.add_argument("--skip-train", action="store_true", help="use <out>/box/best.pt as it is")
+    p.add_argument("--skip-train", action="store_true", help="use the final stage's best.pt as it is")
     p.add_argument("--stage1", default=None, metavar="FILE",
-                   help="start stage 2 from these weights instead of training stage 1")
+                   help="start stage 2 from these weights instead of training stage 1 (with --from-stage N: "
+                        "start stage N from them)")
+    p.add_argument("--from-stage", type=int, default=None, metavar="N",
+                   help="skip the stages before N (their best.pt must exist); default 1, or 2 with --stage1")
     p.add_argument("--device", default=None)
     p.add_argument("--root", default=None, help="data root (default PYFLM_DATA or ../shared/data)")
     args = p.parse_args(argv)
@@ -92,16 +100,21 @@ def main(argv=None) -> int:
     from training.config import load_config
 
     dev = ["--device", args.device] if args.device else []
-    final = out / "box"
+    folders = [out / sub for _, sub in STAGES]
+    final = folders[-1]
+    first = args.from_stage if args.from_stage is not None else (2 if args.stage1 else 1)
+    if not 1 <= first <= len(STAGES):
+        p.error(f"--from-stage must be 1..{len(STAGES)}, got {first}")
     if not args.skip_train:
-        runs = [] if args.stage1 else [(STAGES[0], out, [])]
-        runs.append((STAGES[1], final, ["--init-from", args.stage1 or str(out / "best.pt")]))
-        for config, folder, extra in runs:
+        for i in range(first - 1, len(STAGES)):
+            init = ([] if i == 0 else
+                    ["--init-from", args.stage1 if (args.stage1 and i == first - 1) else str(folders[i - 1] / "best.pt")])
+            folder = folders[i]
             resume = ["--resume"] if (folder / "last.pt").is_file() else []  # an interrupted run goes on
-            rc = train.main(["--config", config, "--out", str(folder), *resume, *dev, *extra])
+            rc = train.main(["--config", STAGES[i][0], "--out", str(folder), *resume, *dev, *init])
             if rc:
                 return rc
-    center = load_config(STAGES[1])["data"]["crop_center"]
+    center = load_config(STAGES[-1][0])["data"]["crop_center"]
     rules = final / "detector_crops" / "haar.json"
     if not rules.is_file():
         rc = fit_detector_crops.main(["--detector", "haar", "--split", "300w-train", "--center", center,

@@ -1,0 +1,54 @@
+"""training.build_default_model: the stages run in order, each from the previous
+stage's best weights (train / fit / evaluate / package stubbed out)."""
+
+from __future__ import annotations
+
+import pytest
+
+from training import build_default_model as bdm
+
+
+@pytest.fixture
+def calls(monkeypatch, tmp_path):
+    from training import evaluate, fit_detector_crops, train
+
+    log = []
+    monkeypatch.setattr(train, "main", lambda argv: log.append(("train", argv)) or 0)
+    monkeypatch.setattr(fit_detector_crops, "main", lambda argv: log.append(("fit", argv)) or 0)
+    monkeypatch.setattr(evaluate, "main", lambda argv: log.append(("eval", argv)) or 0)
+    monkeypatch.setattr(bdm, "package", lambda *a: log.append(("package", a)) or tmp_path / "m.pt")
+    return log
+
+
+def _trains(log):
+    return [(argv[argv.index("--config") + 1], argv[argv.index("--out") + 1],
+             argv[argv.index("--init-from") + 1] if "--init-from" in argv else None)
+            for what, argv in log if what == "train"]
+
+
+def test_stages_chain_their_weights(calls, tmp_path):
+    out = tmp_path / "run"
+    assert bdm.main(["--out", str(out), "--model-out", str(tmp_path / "m.pt")]) == 0
+    configs = [c for c, _ in bdm.STAGES]
+    folders = [str(out / sub) for _, sub in bdm.STAGES]
+    assert _trains(calls) == [(configs[0], folders[0], None)] + [
+        (configs[i], folders[i], f"{folders[i - 1]}/best.pt") for i in range(1, len(configs))]
+    evals = [argv for what, argv in calls if what == "eval"]
+    assert len(evals) == 2 and all(argv[argv.index("--checkpoint") + 1] == f"{folders[-1]}/best.pt" for argv in evals)
+    assert calls[-1][0] == "package" and str(calls[-1][1][0]) == f"{folders[-1]}/best.pt"
+
+
+def test_stage1_file_and_from_stage(calls, tmp_path):
+    out = tmp_path / "run"
+    folders = [str(out / sub) for _, sub in bdm.STAGES]
+    assert bdm.main(["--out", str(out), "--stage1", "w.pt"]) == 0
+    trains = _trains(calls)
+    assert [t[1] for t in trains] == folders[1:] and trains[0][2] == "w.pt" and trains[1][2] == f"{folders[1]}/best.pt"
+    calls.clear()
+    last = len(bdm.STAGES)
+    assert bdm.main(["--out", str(out), "--from-stage", str(last)]) == 0
+    assert _trains(calls) == [(bdm.STAGES[-1][0], folders[-1], f"{folders[-2]}/best.pt")]
+    calls.clear()
+    assert bdm.main(["--out", str(out), "--skip-train"]) == 0 and _trains(calls) == []
+    with pytest.raises(SystemExit):
+        bdm.main(["--out", str(out), "--from-stage", "0"])
