@@ -539,11 +539,11 @@ def test_refine_recrops_from_the_landmarks(nodet, astronaut, rng):
         got = lm.detect(astronaut, boxes=[loose, FACE_BOX])
         # by hand the chain goes through float32 landmarks; cv2 rounds sampling positions to
         # 1/32 px, so a 1e-5 px shift of a crop can move a point by a few thousandths
-        np.testing.assert_allclose(got[0].landmarks, want[0].landmarks, atol=0.02)
+        np.testing.assert_allclose(got[0].landmarks, want[0].landmarks, atol=0.05)  # seen: <= 0.004
         np.testing.assert_allclose(got[0].box, loose)
         _check_face(got[1])
     plain = nodet.detect(astronaut, boxes=[loose])[0]
-    assert np.abs(plain.landmarks - got[0].landmarks).max() > 0.1  # the loose box's crop mattered
+    assert np.abs(plain.landmarks - got[0].landmarks).max() > 1.0  # the loose box's crop mattered (seen: >= 2.6)
     assert lm.detect(astronaut, boxes=np.zeros((0, 4))) == [] and "refine=2" in repr(lm)
     for bad in (-1, 11, 1.0, True):
         with pytest.raises(ValueError, match="refine"):
