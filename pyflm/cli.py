@@ -458,8 +458,6 @@ def _predict_split(lm, samples, crops: str, min_iou: float, desc: str, quiet: bo
     detector missed. ``crops="gt"``: the model's ground-truth crop rule;
     ``"detector"``: the detected face matched to each annotation (IoU with the
     tight box of its landmarks >= ``min_iou``)."""
-    from types import SimpleNamespace
-
     import numpy as np
 
     from pyflm.data.crops import Crop, square_from_landmarks
@@ -471,12 +469,10 @@ def _predict_split(lm, samples, crops: str, min_iou: float, desc: str, quiet: bo
     scale, center = lm.landmark_rule
 
     def flush():
-        coords, scores = lm._forward([warped for _, warped, _, _ in batch])
-        jobs = [SimpleNamespace(crops=[crop], image=img) for crop, _, _, img in batch]
-        for _ in range(lm.refine):  # as detect() does: re-crop from the landmarks, predict again
-            coords, scores = lm._refine_once(jobs, coords, scores)
-        for job, (_, _, gt, _), xy in zip(jobs, batch, coords):
-            preds.append(job.crops[0].to_image(xy))
+        crops, frames, images, targets = zip(*batch)
+        crops, coords, _ = lm._landmarks(list(crops), list(frames), list(images))  # refine=N as detect() does
+        for crop, gt, xy in zip(crops, targets, coords):
+            preds.append(crop.to_image(xy))
             gts.append(gt)
         batch.clear()
 
@@ -488,7 +484,7 @@ def _predict_split(lm, samples, crops: str, min_iou: float, desc: str, quiet: bo
         if crops == "gt":
             for s in group:
                 crop = Crop.from_square(*square_from_landmarks(s.landmarks, scale, center), lm.input_size)
-                batch.append((crop, crop.warp(img), s.landmarks, img))
+                batch.append((crop, img, crop.warp(img), s.landmarks))
             if len(batch) >= lm.max_batch_size:
                 flush()
             continue

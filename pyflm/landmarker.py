@@ -376,36 +376,39 @@ class FaceLandmarker:
                 scores.append(s.float().cpu().numpy())
         return np.concatenate(coords), np.concatenate(scores)
 
-    def _refine_once(self, jobs: list, coords: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Re-crop every face of ``jobs`` from its landmarks (``coords``, crop
-        px, in job order) by the training crop rule and predict again; the
-        jobs' crops are replaced. A face whose landmarks are not finite, or
-        all one point, keeps its crop."""
+    def _landmarks(self, crops: list, frames: list, images: list) -> tuple[list, np.ndarray, np.ndarray]:
+        """The network on ``images`` (the warps of ``crops`` from ``frames``, one
+        frame per crop), then ``self.refine`` rounds of re-cropping each face
+        from its landmarks by the training crop rule and predicting again ->
+        (the final crops, coords [M, K, 2] crop px, scores [M, K]). A face whose
+        landmarks are not finite, or all one point, keeps its crop."""
+        coords, scores = self._forward(images)
         scale, center = self.landmark_rule
-        images, at = [], 0
-        for j in jobs:
-            for i, crop in enumerate(j.crops):
-                pts = crop.to_image(coords[at + i])
-                if np.isfinite(pts).all() and np.ptp(pts, axis=0).max() > 0:
-                    j.crops[i] = Crop.from_square(*square_from_landmarks(pts, scale, center), self.input_size)
-                images.append(j.crops[i].warp(j.image))
-            at += len(j.crops)
-        return self._forward(images)
+        for _ in range(self.refine):
+            new = []
+            for crop, xy in zip(crops, coords):
+                pts = crop.to_image(xy)
+                ok = np.isfinite(pts).all() and np.ptp(pts, axis=0).max() > 0
+                new.append(Crop.from_square(*square_from_landmarks(pts, scale, center), self.input_size) if ok
+                           else crop)
+            crops = new
+            coords, scores = self._forward([c.warp(f) for c, f in zip(crops, frames)])
+        return crops, coords, scores
 
-    def _faces(self, job: _Job, coords: np.ndarray, scores: np.ndarray) -> list[Face]:
+    def _faces(self, job: _Job, crops: list, coords: np.ndarray, scores: np.ndarray) -> list[Face]:
         return [Face(job.boxes[i].copy(), crop.to_image(coords[i]).astype(np.float32), scores[i].astype(np.float32),
                      float(job.det_scores[i]) if i < len(job.det_scores) else 1.0)
-                for i, crop in enumerate(job.crops)]
+                for i, crop in enumerate(crops)]
 
     def _finish(self, jobs: list) -> list:
         """Run the network on the crops of ``jobs`` (a _Job or an Exception each);
         returns list[Face] or the Exception per job, and adds "landmarks" and
         "total" to each job's timings (the forward's time shared by crop count)."""
-        images = [im for j in jobs if isinstance(j, _Job) for im in j.images]
+        ready = [j for j in jobs if isinstance(j, _Job)]
+        images = [im for j in ready for im in j.images]
         t0 = time.perf_counter()
-        coords, scores = self._forward(images)
-        for _ in range(self.refine):
-            coords, scores = self._refine_once([j for j in jobs if isinstance(j, _Job)], coords, scores)
+        crops, coords, scores = self._landmarks([c for j in ready for c in j.crops],
+                                                [j.image for j in ready for _ in j.crops], images)
         per_crop = (time.perf_counter() - t0) * 1e3 / max(len(images), 1)
         out, at = [], 0
         for j in jobs:
@@ -413,7 +416,7 @@ class FaceLandmarker:
                 out.append(j)
                 continue
             n = len(j.images)
-            out.append(self._faces(j, coords[at:at + n], scores[at:at + n]))
+            out.append(self._faces(j, crops[at:at + n], coords[at:at + n], scores[at:at + n]))
             at += n
             j.timings["landmarks"] = per_crop * n
             j.timings["total"] = sum(j.timings[k] for k in ("load", "detect", "crop", "landmarks"))

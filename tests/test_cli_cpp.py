@@ -332,14 +332,9 @@ def test_flip_test_matches_python(cli, model_ts, model_file, main_run, tmp_path)
 
 
 def test_flip_test_needs_a_mirror(cli, tmp_path):
-    from pyflm.tasks import build_task
+    from tests.test_deploy import _tiny_model_file
 
-    task = build_task("compact", input_size=64, num_landmarks=7, width=0.25, decoder_channels=8)
-    meta = deploy.default_meta("compact", 64, 7, task.model.output_stride)
-    mf = {"format": deploy.MODEL_FORMAT, "version": deploy.MODEL_VERSION, "task": "compact",
-          "model_kwargs": {"input_size": 64, "num_landmarks": 7, "width": 0.25, "decoder_channels": 8},
-          "state_dict": task.model.state_dict(), "meta": meta}
-    ts = deploy.export_torchscript(mf, tmp_path / "seven.ts")
+    ts = deploy.export_torchscript(_tiny_model_file(k=7), tmp_path / "seven.ts")
     assert "mirror" not in deploy.load_torchscript(ts)[1]  # no 7-point scheme is known
     image = tmp_path / "x.png"
     cv2.imwrite(str(image), np.zeros((32, 32, 3), np.uint8))

@@ -23,6 +23,15 @@ import numpy as np
 __all__ = ["LandmarkScheme", "SCHEMES", "get_scheme", "model_mirror", "IBUG68", "WFLW98", "COFW29", "AFLW19"]
 
 
+def check_mirror(mirror, num_points: int, what: str) -> list[int]:
+    """``mirror`` as a list of ints; ValueError naming ``what`` unless it is an
+    involutive permutation of ``num_points`` points."""
+    m = [int(i) for i in mirror]
+    if sorted(m) != list(range(num_points)) or any(m[j] != i for i, j in enumerate(m)):
+        raise ValueError(f"{what} is not an involutive permutation of {num_points} points")
+    return m
+
+
 def _perm_from_pairs(n: int, pairs: list[tuple[int, int]]) -> tuple[int, ...]:
     perm = list(range(n))
     for a, b in pairs:
@@ -44,11 +53,7 @@ class LandmarkScheme:
     groups: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
-        m = np.asarray(self.mirror)
-        if m.shape != (self.num_points,) or sorted(self.mirror) != list(range(self.num_points)):
-            raise ValueError(f"scheme {self.name}: mirror is not a permutation of {self.num_points} points")
-        if not np.array_equal(m[m], np.arange(self.num_points)):
-            raise ValueError(f"scheme {self.name}: mirror is not an involution")
+        check_mirror(self.mirror, self.num_points, f"scheme {self.name}: mirror")
 
     @property
     def mirror_array(self) -> np.ndarray:
@@ -170,10 +175,7 @@ def model_mirror(meta: dict) -> list[int] | None:
     involutive permutation of the model's points."""
     k = int(meta["num_landmarks"])
     if meta.get("mirror") is not None:
-        m = [int(i) for i in meta["mirror"]]
-        if sorted(m) != list(range(k)) or any(m[j] != i for i, j in enumerate(m)):
-            raise ValueError(f"model meta 'mirror' is not an involutive permutation of {k} points")
-        return m
+        return check_mirror(meta["mirror"], k, "model meta 'mirror'")
     for name in (meta.get("scheme"), k):
         try:
             sch = get_scheme(name)
