@@ -623,7 +623,7 @@ def _add_backend_arg(p):
     from pyflm.landmarker import BACKENDS
 
     p.add_argument("--backend", choices=BACKENDS, default="torch",
-                   help='network runtime: torch (TorchScript, the default) or onnxruntime (CPU, 1.4-1.7x faster '
+                   help='network runtime: torch (TorchScript, the default) or onnxruntime (CPU, 1.4-2.2x faster '
                         'per face; pip install "pyflm[onnx]")')
     p.add_argument("--flip-test", action="store_true",
                    help="also run each face mirrored and average the two (more accurate, twice the network time)")

@@ -203,9 +203,9 @@ class FaceLandmarker:
             compiling fails. Results match eager within ~1e-4 px.
         backend: ``"torch"`` (the above) or ``"onnxruntime"``: the predictor
             exported to ONNX when the landmarker is built and run by ONNX
-            Runtime on the CPU (see :mod:`pyflm.onnx_backend`); 1.4-1.7x
-            faster per face than TorchScript for the bundled model (``pyflm
-            bench --backend onnxruntime``), same landmarks within ~1e-3 px. Needs
+            Runtime on the CPU (see :mod:`pyflm.onnx_backend`); 1.4-2.2x
+            faster per face than TorchScript for the bundled model (peer runs
+            of 2026-12-01 and -02; ``pyflm bench --backend onnxruntime``), same landmarks within ~1e-3 px. Needs
             ``pip install "pyflm[onnx]"`` and a model file (not an exported
             TorchScript file); ``num_threads`` sets its threads too.
         refine: rounds of re-cropping each face from its predicted landmarks
