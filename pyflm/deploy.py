@@ -34,7 +34,10 @@ __all__ = [
     "MODEL_FORMAT",
     "ModelFileError",
     "LandmarkPredictor",
+    "BUNDLED_MODELS",
+    "bundled_model_path",
     "default_model_path",
+    "model_path",
     "load_model_file",
     "save_model_file",
     "model_file_from_checkpoint",
@@ -53,9 +56,29 @@ class ModelFileError(ValueError):
     """A model file that is missing, truncated, corrupt or not a pyflm model."""
 
 
+# The model files shipped in pyflm/weights, by the name FaceLandmarker(model=...) and
+# the CLI's --model take: "default" (160 px, the most accurate) and "fast" (the same
+# network fine-tuned at 128 px, for the CPU latency target).
+BUNDLED_MODELS = ("default", "fast")
+
+
+def bundled_model_path(name: str) -> Path:
+    """The bundled model file ``pyflm/weights/<name>.pt`` (``name`` in :data:`BUNDLED_MODELS`)."""
+    if name not in BUNDLED_MODELS:
+        raise ValueError(f"no bundled model {name!r}; bundled: {', '.join(BUNDLED_MODELS)}")
+    return Path(__file__).resolve().parent / "weights" / f"{name}.pt"
+
+
 def default_model_path() -> Path:
     """The bundled default model (``pyflm/weights/default.pt``)."""
-    return Path(__file__).resolve().parent / "weights" / "default.pt"
+    return bundled_model_path("default")
+
+
+def model_path(model) -> Path:
+    """A bundled model's name (:data:`BUNDLED_MODELS`) or a path -> the file's path."""
+    if isinstance(model, str) and model in BUNDLED_MODELS:
+        return bundled_model_path(model)
+    return Path(model)
 
 
 # --------------------------------------------------------------------- model files

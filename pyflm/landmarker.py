@@ -177,14 +177,40 @@ def _frozen(predictor):
         return predictor
 
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("auto", "torch", "onnxruntime")
+
+
+def _onnx_predictor(predictor, num_threads, required: bool):
+    """The ONNX Runtime predictor for ``predictor``, or None where ``backend="auto"``
+    keeps torch: onnx / onnxruntime not installed, a model whose decoding is not
+    in the ONNX graph, or a network ONNX cannot express (e.g. the pyflm
+    dilated_skip op of DSC models)."""
+    try:
+        from pyflm.onnx_backend import OnnxPredictor, decodes_in_graph
+    except ImportError:
+        if required:
+            raise
+        return None
+    if not required and not decodes_in_graph(predictor):
+        return None
+    try:
+        return OnnxPredictor(predictor, num_threads)
+    except ImportError:
+        if required:
+            raise
+    except torch.onnx.OnnxExporterError:
+        if required:
+            raise
+    return None
 
 
 class FaceLandmarker:
     """Detects faces and their 68 landmarks.
 
     Args:
-        model: ``"default"`` (the bundled ``pyflm/weights/default.pt``), a path
+        model: a bundled model: ``"default"`` (``pyflm/weights/default.pt``,
+            160 px, the most accurate) or ``"fast"`` (the same network
+            fine-tuned at 128 px: about 0.64x the arithmetic), or a path
             to a model file (``.pt``, see :mod:`pyflm.deploy`) or to an exported
             TorchScript predictor (``pyflm export``), or a model-file dict.
         device: ``"cpu"`` or ``"cuda"`` (RuntimeError if CUDA is not available).
@@ -201,12 +227,16 @@ class FaceLandmarker:
             faster on the CPU than eager PyTorch for the default model. Needs
             the compiled op library; falls back to eager (with a warning) if
             compiling fails. Results match eager within ~1e-4 px.
-        backend: ``"torch"`` (the above) or ``"onnxruntime"``: the predictor
+        backend: ``"auto"`` (the default): ``"onnxruntime"`` on the CPU for
+            a model file whose decoding fits in the ONNX graph (the bundled
+            models) when onnx and onnxruntime are installed (they are
+            dependencies of pyflm), else ``"torch"``; ``self.backend`` says
+            which. ``"torch"``: the above. ``"onnxruntime"``: the predictor
             exported to ONNX when the landmarker is built and run by ONNX
             Runtime on the CPU (see :mod:`pyflm.onnx_backend`); 1.4-2.2x
             faster per face than TorchScript for the bundled model (peer runs
-            of 2026-12-01 and -02; ``pyflm bench --backend onnxruntime``), same landmarks within ~1e-3 px. Needs
-            ``pip install "pyflm[onnx]"`` and a model file (not an exported
+            of 2026-12-01 and -02; ``pyflm bench --backend onnxruntime``), same
+            landmarks within ~1e-3 px. Needs a model file (not an exported
             TorchScript file); ``num_threads`` sets its threads too.
         refine: rounds of re-cropping each face from its predicted landmarks
             and predicting again (module docstring; 0 = off, the default).
@@ -221,7 +251,7 @@ class FaceLandmarker:
 
     def __init__(self, model: Any = "default", device: str = "cpu", detector: Any = "default",
                  max_batch_size: int = 32, box_type: str | None = None, num_threads: int | None = None,
-                 optimize: bool = True, backend: str = "torch", flip_test: bool = False,
+                 optimize: bool = True, backend: str = "auto", flip_test: bool = False,
                  refine: int = 0):
         dev = torch.device(device)
         if backend not in BACKENDS:
@@ -242,14 +272,16 @@ class FaceLandmarker:
         self.device = dev
         self.max_batch_size = max_batch_size
         self.predictor, self.meta, self.model_source = self._load(model, dev)
-        self.backend = backend
-        if backend == "onnxruntime":
-            if isinstance(self.predictor, torch.jit.ScriptModule):
-                raise ValueError(f"backend='onnxruntime' needs a model file (.pt), not exported TorchScript: "
-                                 f"{self.model_source}")
-            from pyflm.onnx_backend import OnnxPredictor
-
-            self.predictor = OnnxPredictor(self.predictor, num_threads)
+        scripted = isinstance(self.predictor, torch.jit.ScriptModule)
+        if backend == "onnxruntime" and scripted:
+            raise ValueError(f"backend='onnxruntime' needs a model file (.pt), not exported TorchScript: "
+                             f"{self.model_source}")
+        onnx = None
+        if backend == "onnxruntime" or (backend == "auto" and dev.type == "cpu" and not scripted):
+            onnx = _onnx_predictor(self.predictor, num_threads, required=backend == "onnxruntime")
+        self.backend = "onnxruntime" if onnx is not None else "torch"
+        if onnx is not None:
+            self.predictor = onnx
         elif optimize:
             self.predictor = _frozen(self.predictor)
         self.input_size = int(self.meta["input_size"])
@@ -274,7 +306,7 @@ class FaceLandmarker:
         if isinstance(model, dict):
             mf, source = _check_model_dict(model), "<model dict>"
         else:
-            path = deploy.default_model_path() if isinstance(model, str) and model == "default" else Path(model)
+            path = deploy.model_path(model)
             source = str(path)
             if path.is_file() and _is_torchscript(path):
                 module, meta = deploy.load_torchscript(path, device=str(dev))

@@ -52,3 +52,17 @@ def test_stage1_file_and_from_stage(calls, tmp_path):
     assert bdm.main(["--out", str(out), "--skip-train"]) == 0 and _trains(calls) == []
     with pytest.raises(SystemExit):
         bdm.main(["--out", str(out), "--from-stage", "0"])
+
+
+def test_fast_model_is_one_more_stage(calls, tmp_path):
+    from pyflm import deploy
+
+    out = tmp_path / "run"
+    stages = bdm.MODEL_STAGES["fast"]
+    assert stages[:-1] == bdm.STAGES and stages[-1][0] == "training/configs/fast.toml"
+    assert bdm.main(["--model", "fast", "--out", str(out), "--from-stage", str(len(stages))]) == 0
+    assert _trains(calls) == [(stages[-1][0], str(out / "fast"), str(out / "long" / "best.pt"))]
+    evals = [argv for what, argv in calls if what == "eval"]
+    assert all(argv[argv.index("--checkpoint") + 1] == str(out / "fast" / "best.pt") for argv in evals)
+    package_args = calls[-1][1]
+    assert package_args[2] == str(deploy.bundled_model_path("fast")) and package_args[-1] == stages

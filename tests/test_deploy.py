@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -134,3 +135,12 @@ def test_load_torchscript_errors(tmp_path, compiled):
     torch.jit.save(plain, str(tmp_path / "plain.ts"))
     with pytest.raises(deploy.ModelFileError, match="no pyflm metadata"):
         deploy.load_torchscript(tmp_path / "plain.ts")
+
+
+def test_bundled_model_names():
+    assert deploy.model_path("default") == deploy.default_model_path()
+    assert deploy.model_path("fast") == deploy.bundled_model_path("fast")
+    assert deploy.model_path("fast").name == "fast.pt" and deploy.model_path("fast").parent == deploy.default_model_path().parent
+    assert deploy.model_path("x/fast") == Path("x/fast")  # a path, not a name
+    with pytest.raises(ValueError, match="no bundled model 'tiny'"):
+        deploy.bundled_model_path("tiny")

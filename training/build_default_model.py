@@ -1,7 +1,7 @@
-"""Train, evaluate and package pyflm's bundled default model in one command.
+"""Train, evaluate and package pyflm's bundled models in one command.
 
-    python -m training.build_default_model [--out runs/default] [--skip-train]
-        [--stage1 FILE] [--from-stage N] [--device cpu|cuda] [--root DATA]
+    python -m training.build_default_model [--model default|fast] [--out runs/default]
+        [--skip-train] [--stage1 FILE] [--from-stage N] [--device cpu|cuda] [--root DATA]
 
 Steps (each writes under ``--out``; a finished step's outputs are reused with
 ``--skip-train`` / when present):
@@ -16,12 +16,15 @@ Steps (each writes under ``--out``; a finished step's outputs are reused with
    centre a face box determines, into ``--out``/box;
    ``training/configs/default_long.toml``, initialised from stage 2's best: one
    more learning-rate cycle on the same crops, into ``--out``/long (the final
-   stage);
+   stage of ``--model default``); ``--model fast`` adds
+   ``training/configs/fast.toml``, initialised from that: the same network
+   fine-tuned at 128 px input, into ``--out``/fast (e.g. ``--model fast
+   --from-stage 4`` when the default's stages exist);
 3. ``training.fit_detector_crops --detector haar --center box`` on the 300-W
    train images: the Haar box -> crop rule (and the tight-landmark-box rule);
 4. ``training.evaluate`` of the final stage's ``best.pt`` on the 300-W common, HELEN
    and LFPW test sets, with ground-truth crops and with Haar detector crops;
-5. the model file ``pyflm/weights/default.pt`` (:mod:`pyflm.deploy` format):
+5. the model file ``pyflm/weights/<model>.pt`` (:mod:`pyflm.deploy` format):
    weights, the fitted crop rules and the measured accuracy in its meta, so
    ``pyflm info`` shows them.
 
@@ -46,6 +49,9 @@ SPLITS = ("common", "helen-test", "lfpw-test")
 # (config, run folder under --out): each stage starts from the previous one's best.pt
 STAGES = (("training/configs/default.toml", "."), ("training/configs/default_box.toml", "box"),
           ("training/configs/default_long.toml", "long"))
+# the bundled models (pyflm.deploy.BUNDLED_MODELS) and their stages: "fast" is the
+# default's network fine-tuned at 128 px from its final stage
+MODEL_STAGES = {"default": STAGES, "fast": STAGES + (("training/configs/fast.toml", "fast"),)}
 KEPT = ("nme", "eye_nme", "fr@0.08", "fr@0.1", "auc@0.08", "n", "detected", "detection_misses", "detected_fraction")
 
 
@@ -60,7 +66,7 @@ def _metrics(results_file: Path) -> dict:
     return out
 
 
-def package(checkpoint, rules_file, out_file, eval_gt=None, eval_detector=None) -> Path:
+def package(checkpoint, rules_file, out_file, eval_gt=None, eval_detector=None, stages=STAGES) -> Path:
     """Write the bundled model file from a training checkpoint, the fitted crop
     rules (fit_detector_crops JSON) and evaluation results (evaluate JSON)."""
     mf = deploy.load_model_file(checkpoint)
@@ -77,14 +83,17 @@ def package(checkpoint, rules_file, out_file, eval_gt=None, eval_detector=None) 
     meta["metrics"] = metrics
     meta["metrics_note"] = "fractions; nme = inter-ocular (outer eye corners 36, 45); 300-W test sets"
     meta["licence"] = DATA_LICENCE
-    meta["training"]["source"] = " then ".join(config for config, _ in STAGES)
+    meta["training"]["source"] = " then ".join(config for config, _ in stages)
     return deploy.save_model_file(out_file, mf["task"], mf["model_kwargs"], mf["state_dict"], meta)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.build_default_model", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", choices=sorted(MODEL_STAGES), default="default",
+                   help="which bundled model to build (default: default; fast adds a 128 px stage after it)")
     p.add_argument("--out", default="runs/default", help="run folder (default runs/default)")
-    p.add_argument("--model-out", default=str(deploy.default_model_path()), help="model file to write")
+    p.add_argument("--model-out", default=None,
+                   help="model file to write (default: the bundled pyflm/weights/<model>.pt)")
     p.add_argument("--skip-train", action="store_true", help="use the final stage's best.pt as it is")
     p.add_argument("--stage1", default=None, metavar="FILE",
                    help="start stage 2 from these weights instead of training stage 1 (with --from-stage N: "
@@ -94,27 +103,29 @@ def main(argv=None) -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--root", default=None, help="data root (default PYFLM_DATA or ../shared/data)")
     args = p.parse_args(argv)
+    stages = MODEL_STAGES[args.model]
+    model_out = args.model_out or str(deploy.bundled_model_path(args.model))
     out = Path(args.out)
     root = ["--root", args.root] if args.root else []
     from training import evaluate, fit_detector_crops, train
     from training.config import load_config
 
     dev = ["--device", args.device] if args.device else []
-    folders = [out / sub for _, sub in STAGES]
+    folders = [out / sub for _, sub in stages]
     final = folders[-1]
     first = args.from_stage if args.from_stage is not None else (2 if args.stage1 else 1)
-    if not 1 <= first <= len(STAGES):
-        p.error(f"--from-stage must be 1..{len(STAGES)}, got {first}")
+    if not 1 <= first <= len(stages):
+        p.error(f"--from-stage must be 1..{len(stages)}, got {first}")
     if not args.skip_train:
-        for i in range(first - 1, len(STAGES)):
+        for i in range(first - 1, len(stages)):
             init = ([] if i == 0 else
                     ["--init-from", args.stage1 if (args.stage1 and i == first - 1) else str(folders[i - 1] / "best.pt")])
             folder = folders[i]
             resume = ["--resume"] if (folder / "last.pt").is_file() else []  # an interrupted run goes on
-            rc = train.main(["--config", STAGES[i][0], "--out", str(folder), *resume, *dev, *init])
+            rc = train.main(["--config", stages[i][0], "--out", str(folder), *resume, *dev, *init])
             if rc:
                 return rc
-    center = load_config(STAGES[-1][0])["data"]["crop_center"]
+    center = load_config(stages[-1][0])["data"]["crop_center"]
     rules = final / "detector_crops" / "haar.json"
     if not rules.is_file():
         rc = fit_detector_crops.main(["--detector", "haar", "--split", "300w-train", "--center", center,
@@ -127,8 +138,8 @@ def main(argv=None) -> int:
                             "--out", str(final / folder), *dev, *root])
         if rc:
             return rc
-    path = package(final / "best.pt", rules, args.model_out, final / "eval" / "results.json",
-                   final / "eval-haar" / "results.json")
+    path = package(final / "best.pt", rules, model_out, final / "eval" / "results.json",
+                   final / "eval-haar" / "results.json", stages)
     print(f"wrote {path}")
     return 0
 
