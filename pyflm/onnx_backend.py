@@ -12,8 +12,10 @@ pool, and the two pools spinning on a small CPU made one face 2.7x slower here.
 Why a second backend: a small network like the bundled one is bound by per-op
 dispatch overhead in PyTorch on the CPU (one face through the TorchScript
 predictor costs about twice what ONNX Runtime's fused graph costs for the same
-arithmetic; ``pyflm bench --backend onnxruntime`` measures both). ONNX Runtime
-is optional: ``pip install "pyflm[onnx]"`` (onnx to export, onnxruntime to run).
+arithmetic; ``pyflm bench --backend torch`` and ``--backend onnxruntime``
+measure both). onnx (to export) and onnxruntime (to run) are dependencies of
+pyflm; ``FaceLandmarker``'s default ``backend="auto"`` uses this backend on the
+CPU where the model allows.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pyflm.ops.soft_argmax import soft_argmax_reference
 
 __all__ = ["OnnxPredictor", "decodes_in_graph", "export_onnx", "onnx_bytes", "output_names"]
 
-_HINT = 'the ONNX backend needs onnx and onnxruntime: pip install "pyflm[onnx]"'
+_HINT = "the ONNX backend needs onnx and onnxruntime (dependencies of pyflm): pip install onnx onnxruntime"
 OPSET = 17
 
 

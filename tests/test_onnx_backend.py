@@ -32,7 +32,7 @@ def model_file():
 
 @pytest.fixture(scope="module")
 def backends():
-    return (FaceLandmarker(detector=None, num_threads=1),
+    return (FaceLandmarker(detector=None, num_threads=1, backend="torch"),
             FaceLandmarker(detector=None, num_threads=1, backend="onnxruntime"))
 
 
@@ -40,6 +40,7 @@ def test_same_landmarks_as_torch(backends):
     """A real face and a random image with several boxes: the two backends agree."""
     torch_lm, ort_lm = backends
     assert isinstance(ort_lm.predictor, OnnxPredictor) and "onnxruntime" in repr(ort_lm)
+    assert torch_lm.backend == "torch" and not isinstance(torch_lm.predictor, OnnxPredictor)
     img = cv2.imread(str(ASTRONAUT))
     noise = np.random.default_rng().integers(0, 256, (97, 131, 3), dtype=np.uint8)
     for image, boxes in ((img, FACE), (noise, [[3, 4, 60, 70], [50.5, 10, 120, 90], [-5, -5, 30, 40]])):
@@ -54,7 +55,7 @@ def test_same_landmarks_as_torch(backends):
 def test_flip_test_on_onnxruntime(backends):
     """flip_test works on either backend alike (it wraps the predictor)."""
     img = cv2.imread(str(ASTRONAUT))
-    a = FaceLandmarker(detector=None, num_threads=1, flip_test=True).detect(img, boxes=FACE)[0]
+    a = FaceLandmarker(detector=None, num_threads=1, backend="torch", flip_test=True).detect(img, boxes=FACE)[0]
     b = FaceLandmarker(detector=None, num_threads=1, backend="onnxruntime", flip_test=True).detect(img, boxes=FACE)[0]
     np.testing.assert_allclose(b.landmarks, a.landmarks, atol=2e-3)
     plain = backends[1].detect(img, boxes=FACE)[0]
@@ -127,8 +128,34 @@ def test_backend_errors(tmp_path, model_file, monkeypatch):
         with pytest.raises(ValueError, match="needs a model file"):
             FaceLandmarker(model=ts, detector=None, backend="onnxruntime")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
-    with pytest.raises(ImportError, match=r'pip install "pyflm\[onnx\]"'):
+    with pytest.raises(ImportError, match="pip install onnx onnxruntime"):
         FaceLandmarker(detector=None, backend="onnxruntime")
+
+
+def test_auto_backend(tmp_path, model_file, monkeypatch):
+    """backend="auto" (the default) runs ONNX Runtime on the CPU where the model
+    allows it, and TorchScript where it does not."""
+    assert FaceLandmarker(detector=None).backend == "onnxruntime"
+    assert isinstance(FaceLandmarker(detector=None).predictor, OnnxPredictor)
+    assert FaceLandmarker(detector=None, backend="torch").backend == "torch"
+    argmax = {**model_file, "meta": {**model_file["meta"], "decode": {**model_file["meta"]["decode"], "kind": "argmax"}}}
+    assert FaceLandmarker(model=argmax, detector=None).backend == "torch"  # decoding outside the graph
+    if pyflm.HAS_OPS:
+        ts = deploy.export_torchscript(model_file, tmp_path / "m.ts")
+        assert FaceLandmarker(model=ts, detector=None).backend == "torch"
+
+    def unexportable(*a, **k):
+        raise torch.onnx.errors.UnsupportedOperatorError("pyflm::dilated_skip_block", 17, None)
+
+    with monkeypatch.context() as m:  # a network ONNX cannot express (the DSC model's op)
+        m.setattr(torch.onnx, "export", unexportable)
+        assert FaceLandmarker(model=model_file, detector=None).backend == "torch"
+        with pytest.raises(torch.onnx.OnnxExporterError):
+            FaceLandmarker(model=model_file, detector=None, backend="onnxruntime")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    lm = FaceLandmarker(detector=None)
+    assert lm.backend == "torch" and "backend='torch'" in repr(lm)
+    assert len(lm.detect(cv2.imread(str(ASTRONAUT)), boxes=FACE)[0].landmarks) == 68
 
 
 def test_cli_bench_backend(capsys):
