@@ -548,3 +548,18 @@ def test_refine_recrops_from_the_landmarks(nodet, astronaut, rng):
     for bad in (-1, 11, 1.0, True):
         with pytest.raises(ValueError, match="refine"):
             FaceLandmarker(detector=None, refine=bad)
+
+
+@pytest.mark.skipif(not deploy.bundled_model_path("fast").is_file(), reason="no bundled fast model file")
+def test_fast_bundled_model(nodet, astronaut):
+    """model="fast": the bundled 128 px model; the sample face's landmarks land
+    near the default model's (0.77 px apart on average when written; a wrong input
+    size or decoding stride would scale them about the crop's centre, many pixels
+    off), and its card carries its accuracy."""
+    fast = FaceLandmarker(model="fast", detector=None)
+    assert fast.input_size == 128 and fast.model_source == str(deploy.bundled_model_path("fast"))
+    assert fast.meta["metrics"]["gt_crops"]["common"]["nme"] < 0.05
+    box = [[177.5, 66.5, 269.5, 158.5]]
+    a, b = nodet.detect(astronaut, boxes=box)[0], fast.detect(astronaut, boxes=box)[0]
+    assert np.abs(b.landmarks - a.landmarks).mean() < 1.5  # px, a 92 px face
+    assert FaceLandmarker(model=str(deploy.bundled_model_path("fast")), detector=None).input_size == 128

@@ -22,6 +22,7 @@ from benchmarks.peers.evaluation import (
     speed_table,
     write_json_atomic,
 )
+from pyflm import deploy
 from pyflm.data import tight_box
 
 WORKER_PATH = Path(compare.__file__).with_name("peer_worker.py")
@@ -284,12 +285,15 @@ def test_parse_args():
     assert a.splits == ["helen"] and a.methods == ["dlib"] and a.timing_faces == 50
     for bad in (["--splits", "ibug"], ["--methods", "dlib,xyz"], ["--pyflm-model", "nolabel"],
                 ["--pyflm-model", "x=/nonexistent/model.pt"], ["--pyflm-options", "flop"],
-                ["--pyflm-options", "refine=11"], ["--pyflm-options", "flip+refine"]):
+                ["--pyflm-options", "refine=11"], ["--pyflm-options", "flip+refine"], ["--pyflm-bundled", "tiny"]):
         with pytest.raises(SystemExit):
             compare.parse_args(bad)
     a = compare.parse_args([])
     assert compare.pyflm_rows("default", "m.pt", a) == [
-        ("pyflm default", {"model": "m.pt", "backend": "torch", "flip_test": False, "refine": 0})]
+        ("pyflm default (onnxruntime)", {"model": "m.pt", "backend": "onnxruntime", "flip_test": False, "refine": 0})]
+    installed = [n for n in ("default", "fast") if deploy.bundled_model_path(n).is_file()]
+    assert a.pyflm_bundled == (installed or ["default"])
+    assert compare.parse_args(["--pyflm-bundled", "fast"]).pyflm_bundled == ["fast"]
     a = compare.parse_args(["--pyflm-backend", "torch", "onnxruntime", "--pyflm-options", "plain", "flip+refine=2"])
     rows = compare.pyflm_rows("x", "m.pt", a)
     assert [row for row, _ in rows] == ["pyflm x", "pyflm x (flip test, refine 2)", "pyflm x (onnxruntime)",

@@ -60,6 +60,8 @@ from benchmarks.peers.evaluation import (
     write_json_atomic,
 )
 from pyflm.data import tight_box
+from pyflm.deploy import BUNDLED_MODELS as BUNDLED
+from pyflm.deploy import bundled_model_path as _bundled_path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -366,8 +368,12 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="~50 faces, short timing: a smoke check")
     p.add_argument("--splits", default="common,helen,lfpw", help="comma list of common, helen, lfpw")
     p.add_argument("--methods", default="pyflm,dlib,lbf", help="comma list of pyflm, dlib, lbf")
-    p.add_argument("--pyflm-backend", nargs="+", default=["torch"], choices=("torch", "onnxruntime"),
-                   help="FaceLandmarker backends to run pyflm's models with, one row each (default: torch)")
+    p.add_argument("--pyflm-backend", nargs="+", default=["onnxruntime"], choices=("torch", "onnxruntime"),
+                   help="FaceLandmarker backends to run pyflm's models with, one row each (default: onnxruntime, "
+                        "what backend='auto' picks on the CPU for the bundled models)")
+    p.add_argument("--pyflm-bundled", nargs="*", default=None, metavar="NAME",
+                   help="bundled pyflm models to evaluate (default: every one whose file is installed: "
+                        "default, fast)")
     p.add_argument("--pyflm-options", nargs="+", default=["plain"], metavar="OPTS",
                    help='FaceLandmarker settings, a row each (per backend): "plain" or "+"-joined "flip" '
                         '(flip_test=True) and "refine=N", e.g. flip+refine=1 (default: plain)')
@@ -400,6 +406,11 @@ def parse_args(argv=None):
             p.error(f"--pyflm-model {label}: no such file {path}")
         models.append((label, path))
     a.pyflm_models = models
+    if a.pyflm_bundled is None:
+        a.pyflm_bundled = [n for n in BUNDLED if _bundled_path(n).is_file()] or ["default"]
+    bad = [n for n in a.pyflm_bundled if n not in BUNDLED]
+    if bad:
+        p.error(f"--pyflm-bundled: unknown {bad}; choose from {', '.join(BUNDLED)}")
     try:
         a.pyflm_settings = [parse_pyflm_options(spec) for spec in a.pyflm_options]
     except ValueError as e:
@@ -467,7 +478,7 @@ def main(argv=None) -> int:
         print(why)
         skipped["pyflm"] = why
     else:
-        models = ([("default", "default")] if "pyflm" in a.methods else [])
+        models = ([(name, name) for name in a.pyflm_bundled] if "pyflm" in a.methods else [])
         models += [(label, str(Path(path).resolve())) for label, path in a.pyflm_models]
         for label, model in models:
             todo += [(row, "pyflm", sys.executable, opts) for row, opts in pyflm_rows(label, model, a)]

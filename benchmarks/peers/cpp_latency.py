@@ -1,10 +1,11 @@
 """Per-face latency of the C++ binary ``pyflm-detect`` on real faces, for the peer table.
 
-    python -m benchmarks.peers.cpp_latency [--images 200] [--split helen-test] [--out FILE.json]
+    python -m benchmarks.peers.cpp_latency [--model default|fast|FILE] [--images 200]
+        [--split helen-test] [--out FILE.json]
 
-Exports the bundled model to TorchScript, then runs ``pyflm-detect`` once per
-thread count (1 and 2) and box source on the first ``--images`` images of the
-split, batch 1: ``boxes`` gives the tight ground-truth box of each face
+Exports the model (a bundled one, ``default`` unless ``--model`` says, or a
+model file) to TorchScript, then runs ``pyflm-detect`` once per thread count
+(1 and 2) and box source on the first ``--images`` images of the split, batch 1: ``boxes`` gives the tight ground-truth box of each face
 (``--boxes``), ``detect`` lets the binary run its Haar detector. The figure is
 the median over images of the binary's own per-image ``timings_ms.landmarks``
 (crop + forward + decode + mapping back) divided by the faces in the image,
@@ -30,7 +31,7 @@ from pyflm import deploy
 from pyflm.data import load_split, tight_box
 from pyflm.io import write_json_atomic
 
-OUT = Path(__file__).resolve().parents[1] / "results" / "peers" / "cpp_binary_latency.json"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "peers"
 
 
 def run_binary(binary: Path, model_ts: Path, images: list[Path], threads: int, boxes_file: Path | None) -> dict:
@@ -59,8 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=200)
     p.add_argument("--split", default="helen-test")
     p.add_argument("--root", default=None, help="data root (default PYFLM_DATA or ../shared/data)")
-    p.add_argument("--out", default=str(OUT))
+    p.add_argument("--model", default="default", help="bundled model name or model file (default: default)")
+    p.add_argument("--out", default=None,
+                   help="JSON to write (default results/peers/cpp_binary_latency.json; "
+                        "cpp_binary_latency_<model>.json for another bundled model)")
     a = p.parse_args(argv)
+    if a.out is None:
+        a.out = RESULTS / ("cpp_binary_latency.json" if a.model == "default" else
+                           f"cpp_binary_latency_{Path(a.model).stem}.json")
     from pyflm._cpp_tool import binary_path
 
     binary = binary_path()
@@ -74,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     images = sorted(by_image)[: a.images]
     results = {}
     with tempfile.TemporaryDirectory(prefix="pyflm-cpp-latency-") as tmp:
-        model_ts = deploy.export_torchscript(deploy.load_model_file(deploy.default_model_path()), Path(tmp) / "m.ts")
+        model_ts = deploy.export_torchscript(deploy.load_model_file(deploy.model_path(a.model)), Path(tmp) / "m.ts")
         boxes_file = Path(tmp) / "boxes.json"
         boxes_file.write_text(json.dumps({str(i): by_image[i] for i in images}))
         for threads in (1, 2):
@@ -82,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[f"{threads}thr_{kind}"] = r = run_binary(binary, model_ts, images, threads, boxes)
                 print(f"{threads} thread(s), {kind}: {r}")
     write_json_atomic(a.out, {"what": __doc__.split("\n\n")[2].replace("\n", " "), "split": a.split,
+                              "model": str(deploy.model_path(a.model)),
                               "binary": str(binary), "machine": common.machine(), "results": results})
     print(f"wrote {a.out}")
     return 0
