@@ -3,7 +3,7 @@
 The predictor of a pyflm model exports to ONNX: uint8 BGR crops ``[B, S, S, 3]``
 -> normalisation -> CNN -> for soft-argmax models (the bundled one) the decoding
 too, as pyflm's plain-PyTorch soft-argmax reference (the formula of the fused
-op), giving ``coords [B, K, 2]`` (crop pixels) and ``scores [B, K]``. Other
+op, with the map size as constants), giving ``coords [B, K, 2]`` (crop pixels) and ``scores [B, K]``. Other
 models' graphs end at the network's output (``maps``), decoded by the pyflm ops
 (``argmax_decode``'s refinements have no ONNX equivalent). Whole-graph decoding
 matters for speed: a torch op between ONNX Runtime calls wakes torch's thread
@@ -30,7 +30,6 @@ import torch
 from torch import Tensor, nn
 
 from pyflm.deploy import LandmarkPredictor, build_predictor
-from pyflm.ops.soft_argmax import soft_argmax_reference
 
 __all__ = ["OnnxPredictor", "decodes_in_graph", "export_onnx", "onnx_bytes", "output_names"]
 
@@ -46,17 +45,31 @@ class _Graph(nn.Module):
     """uint8 crops -> (coords, scores) for soft-argmax models, else -> the
     network's output (the predictor's preprocessing + network)."""
 
-    def __init__(self, predictor: LandmarkPredictor):
+    def __init__(self, predictor: LandmarkPredictor, map_shape: tuple[int, int, int]):
         super().__init__()
         self.predictor = predictor
+        self.map_shape = map_shape  # (K, H, W) of the maps soft-argmax reads, as Python ints
 
     def forward(self, crops: Tensor):
         p = self.predictor
         out = p.net(p.preprocess(crops))
         if not decodes_in_graph(p):
             return out
-        coords, scores = soft_argmax_reference(p._prepare_maps(out), p.temperature)
+        coords, scores = _soft_argmax_static(p._prepare_maps(out), *self.map_shape, p.temperature)
         return p._to_input(coords), scores
+
+
+def _soft_argmax_static(maps: Tensor, k: int, h: int, w: int, temperature: float) -> tuple[Tensor, Tensor]:
+    """soft_argmax_reference's formula with the map size as constants: the reference
+    reads it from the tensor, which the ONNX tracer turns into Shape / Gather /
+    Range nodes run on every call (~5% of one face's time at 128 px). The ONNX
+    tests hold it to the fused op."""
+    logits = maps.float().reshape(-1, k, h * w)
+    logits = logits - logits.amax(dim=-1, keepdim=True)
+    prob = torch.softmax(logits / temperature, dim=-1)
+    xs = torch.arange(w, dtype=prob.dtype).repeat(h)
+    ys = torch.arange(h, dtype=prob.dtype).repeat_interleave(w)
+    return torch.stack(((prob * xs).sum(-1), (prob * ys).sum(-1)), dim=-1), prob.amax(dim=-1)
 
 
 def output_names(predictor: LandmarkPredictor) -> list[str]:
@@ -74,7 +87,13 @@ def onnx_bytes(predictor: LandmarkPredictor) -> bytes:
     example = torch.zeros(1, s, s, 3, dtype=torch.uint8)
     buf = io.BytesIO()
     # eval() on the wrapper too: the exporter restores the wrapper's mode recursively afterwards
-    net = _Graph(predictor.cpu()).eval()
+    predictor = predictor.cpu().eval()
+    map_shape = (0, 0, 0)
+    if decodes_in_graph(predictor):
+        with torch.inference_mode(False), torch.no_grad():
+            maps = predictor._prepare_maps(predictor.net(predictor.preprocess(example)))
+        map_shape = tuple(int(n) for n in maps.shape[1:])
+    net = _Graph(predictor, map_shape).eval()
     names = output_names(predictor)
     # The crop checks in preprocess are Python branches: fine to fix at trace time. The
     # TorchScript-based exporter (deprecated since torch 2.9, still in 2.13/2.14) needs only

@@ -103,6 +103,26 @@ def test_export_onnx_file(tmp_path, model_file):
     assert not p.training  # exporting leaves the predictor in eval mode
 
 
+def test_static_soft_argmax_is_the_reference():
+    """The graph's soft-argmax (map size as constants) against the reference, odd
+    non-square maps, a batch of 3."""
+    from pyflm.onnx_backend import _soft_argmax_static
+    from pyflm.ops.soft_argmax import soft_argmax_reference
+
+    maps = torch.randn(3, 5, 7, 9) * 4
+    for t in (1.0, 0.5):
+        got, want = _soft_argmax_static(maps, 5, 7, 9, t), soft_argmax_reference(maps.double(), t)
+        torch.testing.assert_close(got[0].double(), want[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(got[1].double(), want[1], atol=1e-6, rtol=0)
+
+
+def test_graph_has_no_shape_arithmetic(model_file):
+    """The bundled model's graph: no Shape / Gather / Range nodes (dynamic batch
+    only), which would run on every call."""
+    ops = {n.op_type for n in onnx.load_from_string(onnx_bytes(deploy.build_predictor(model_file))).graph.node}
+    assert not ops & {"Shape", "Gather", "Range"}, ops
+
+
 def test_argmax_models_decode_with_pyflm_ops(model_file):
     """Models decoded by argmax_decode (DARK etc.): the graph ends at the maps and
     pyflm's op decodes them; same result as the TorchScript predictor."""
