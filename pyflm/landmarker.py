@@ -181,24 +181,16 @@ BACKENDS = ("auto", "torch", "onnxruntime")
 
 
 def _onnx_predictor(predictor, num_threads, required: bool):
-    """The ONNX Runtime predictor for ``predictor``, or None where ``backend="auto"``
-    keeps torch: onnx / onnxruntime not installed, a model whose decoding is not
-    in the ONNX graph, or a network ONNX cannot express (e.g. the pyflm
-    dilated_skip op of DSC models)."""
+    """The ONNX Runtime predictor for ``predictor``; with ``required=False``
+    (``backend="auto"``) None where torch stays: onnx / onnxruntime not installed,
+    a model whose decoding is not in the ONNX graph, or a network ONNX cannot
+    express (e.g. the pyflm dilated_skip op of DSC models)."""
     try:
         from pyflm.onnx_backend import OnnxPredictor, decodes_in_graph
-    except ImportError:
-        if required:
-            raise
-        return None
-    if not required and not decodes_in_graph(predictor):
-        return None
-    try:
-        return OnnxPredictor(predictor, num_threads)
-    except ImportError:
-        if required:
-            raise
-    except torch.onnx.OnnxExporterError:
+
+        if required or decodes_in_graph(predictor):
+            return OnnxPredictor(predictor, num_threads)
+    except (ImportError, torch.onnx.OnnxExporterError):
         if required:
             raise
     return None
