@@ -720,7 +720,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("info", help="versions, build, devices and the model card (JSON)")
-    p.add_argument("--model", default="default", help="bundled model name (default, fast) or model file to describe (default: default)")
+    p.add_argument("--model", default="default",
+                   help="bundled model name (default, fast) or model file to describe (default: default)")
     p.set_defaults(func=_info)
     return parser
 
