@@ -3,8 +3,8 @@
 The predictor of a pyflm model exports to ONNX: uint8 BGR crops ``[B, S, S, 3]``
 -> normalisation -> CNN -> for soft-argmax models (the bundled one) the decoding
 too, as pyflm's plain-PyTorch soft-argmax reference (the formula of the fused
-op, with the map size as constants), giving ``coords [B, K, 2]`` (crop pixels) and ``scores [B, K]``. Other
-models' graphs end at the network's output (``maps``), decoded by the pyflm ops
+op, with the map size as constants), giving ``coords [B, K, 2]`` (crop pixels)
+and ``scores [B, K]``. Other models' graphs end at the network's output (``maps``), decoded by the pyflm ops
 (``argmax_decode``'s refinements have no ONNX equivalent). Whole-graph decoding
 matters for speed: a torch op between ONNX Runtime calls wakes torch's thread
 pool, and the two pools spinning on a small CPU made one face 2.7x slower here.
@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from pyflm.deploy import LandmarkPredictor, build_predictor
+from pyflm.ops.soft_argmax import expected_positions
 
 __all__ = ["OnnxPredictor", "decodes_in_graph", "export_onnx", "onnx_bytes", "output_names"]
 
@@ -60,16 +61,13 @@ class _Graph(nn.Module):
 
 
 def _soft_argmax_static(maps: Tensor, k: int, h: int, w: int, temperature: float) -> tuple[Tensor, Tensor]:
-    """soft_argmax_reference's formula with the map size as constants: the reference
-    reads it from the tensor, which the ONNX tracer turns into Shape / Gather /
-    Range nodes run on every call (~5% of one face's time at 128 px). The ONNX
-    tests hold it to the fused op."""
+    """soft_argmax_reference with the map size as constants: the reference reads
+    it from the tensor, which the ONNX tracer turns into Shape / Gather / Range
+    nodes run on every call (~5% of one face's time at 128 px). Same formula
+    (``expected_positions``); the ONNX tests hold it to the fused op."""
     logits = maps.float().reshape(-1, k, h * w)
-    logits = logits - logits.amax(dim=-1, keepdim=True)
-    prob = torch.softmax(logits / temperature, dim=-1)
-    xs = torch.arange(w, dtype=prob.dtype).repeat(h)
-    ys = torch.arange(h, dtype=prob.dtype).repeat_interleave(w)
-    return torch.stack(((prob * xs).sum(-1), (prob * ys).sum(-1)), dim=-1), prob.amax(dim=-1)
+    coords, prob = expected_positions(logits - logits.amax(dim=-1, keepdim=True), h, w, temperature)
+    return coords, prob.amax(dim=-1)
 
 
 def output_names(predictor: LandmarkPredictor) -> list[str]:

@@ -60,8 +60,7 @@ from benchmarks.peers.evaluation import (
     write_json_atomic,
 )
 from pyflm.data import tight_box
-from pyflm.deploy import BUNDLED_MODELS as BUNDLED
-from pyflm.deploy import bundled_model_path as _bundled_path
+from pyflm import deploy
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -407,10 +406,10 @@ def parse_args(argv=None):
         models.append((label, path))
     a.pyflm_models = models
     if a.pyflm_bundled is None:
-        a.pyflm_bundled = [n for n in BUNDLED if _bundled_path(n).is_file()] or ["default"]
-    bad = [n for n in a.pyflm_bundled if n not in BUNDLED]
+        a.pyflm_bundled = [n for n in deploy.BUNDLED_MODELS if deploy.bundled_model_path(n).is_file()] or ["default"]
+    bad = [n for n in a.pyflm_bundled if n not in deploy.BUNDLED_MODELS]
     if bad:
-        p.error(f"--pyflm-bundled: unknown {bad}; choose from {', '.join(BUNDLED)}")
+        p.error(f"--pyflm-bundled: unknown {bad}; choose from {', '.join(deploy.BUNDLED_MODELS)}")
     try:
         a.pyflm_settings = [parse_pyflm_options(spec) for spec in a.pyflm_options]
     except ValueError as e:

@@ -5,8 +5,9 @@
 
 Exports the model (a bundled one, ``default`` unless ``--model`` says, or a
 model file) to TorchScript, then runs ``pyflm-detect`` once per thread count
-(1 and 2) and box source on the first ``--images`` images of the split, batch 1: ``boxes`` gives the tight ground-truth box of each face
-(``--boxes``), ``detect`` lets the binary run its Haar detector. The figure is
+(1 and 2) and box source on the first ``--images`` images of the split, batch
+1: ``boxes`` gives the tight ground-truth box of each face (``--boxes``),
+``detect`` lets the binary run its Haar detector. The figure is
 the median over images of the binary's own per-image ``timings_ms.landmarks``
 (crop + forward + decode + mapping back) divided by the faces in the image,
 and the median ``timings_ms.detect``; process start and model load are not in
