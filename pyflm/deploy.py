@@ -100,7 +100,9 @@ def save_model_file(path, task: str, model_kwargs: dict, state_dict: dict, meta:
 
 def _torch_load(path: Path) -> Any:
     if not path.is_file():
-        raise ModelFileError(f"model file not found: {path}")
+        bare_name = len(path.parts) == 1 and not path.suffix  # e.g. a misspelt bundled name
+        hint = f" (bundled models by name: {', '.join(BUNDLED_MODELS)})" if bare_name else ""
+        raise ModelFileError(f"model file not found: {path}{hint}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle error, not a torch file at all

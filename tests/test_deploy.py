@@ -144,3 +144,5 @@ def test_bundled_model_names():
     assert deploy.model_path("x/fast") == Path("x/fast")  # a path, not a name
     with pytest.raises(ValueError, match="no bundled model 'tiny'"):
         deploy.bundled_model_path("tiny")
+    with pytest.raises(deploy.ModelFileError, match=r"not found: fasst \(bundled models by name: default, fast\)"):
+        deploy.load_model_file(deploy.model_path("fasst"))  # a misspelt name
