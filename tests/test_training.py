@@ -190,6 +190,7 @@ BASE = {"model": {"task": "fake"}, "data": {}, "optim": {}, "train": {}}
     ("data", "augment", "paper3", r"data\.augment: must be one of"),
     ("data", "crop_scale", -1.0, r"data\.crop_scale: must be > 0"),
     ("data", "train", 5, r"data\.train: must be a split name"),
+    ("data", "extra_train", "youtube-train", r"data\.extra_train: must be a list"),
     ("model", "num_landmarks", "68", r"model\.num_landmarks: expected int"),
 ])
 def test_config_errors_name_the_key(section, key, value, match):
@@ -335,6 +336,24 @@ def test_holdout_split_groups_photos():
     photos = lambda ss: {s.image_path.stem.split("_")[0] for s in ss if s.dataset == "afw"}  # noqa: E731
     assert not photos(tr) & photos(va)
     assert holdout_split(samples, 0.25, seed=4)[1] == va
+
+
+def test_extra_train_joins_training_only(tmp_path, data_dirs):
+    """data.extra_train adds samples to training after the held-out photos are
+    chosen: the validation set is that of data.train alone."""
+    tr, va = data_dirs
+    plain = validate_config({"model": {"task": "fake"}, "data": {"train": str(tr), "val_fraction": 0.3}})
+    extra = validate_config({"model": {"task": "fake"},
+                             "data": {"train": str(tr), "val_fraction": 0.3, "extra_train": [str(va)]}})
+    tr0, va0 = T.build_datasets(plain, 32)
+    tr1, va1 = T.build_datasets(extra, 32)
+    paths = lambda ds: [s.image_path for s in ds.samples]  # noqa: E731
+    assert paths(va1) == paths(va0)
+    assert paths(tr1) == paths(tr0) + [s.image_path for s in load_folder(va)]
+    missing = validate_config({"model": {"task": "fake"},
+                               "data": {"train": str(tr), "extra_train": [str(tmp_path / "nowhere")]}})
+    with pytest.raises(ConfigError, match=r"data\.extra_train"):
+        T.build_datasets(missing, 32)
 
 
 # ---------------------------------------------------------------------------

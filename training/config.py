@@ -10,7 +10,9 @@ Sections and keys (defaults in brackets):
          name, a folder, or a list of them), val ["holdout"]: "holdout" takes
          a fixed random ``val_fraction`` [0.1] of the training photos (seed
          ``holdout_seed`` [0]) away from training; any other value is a split
-         name / folder. crop_scale [1.3], crop_center ["centroid"|"box"],
+         name / folder. extra_train [[]]: more splits / folders for training
+         only, added after the held-out photos are chosen (so the validation
+         set stays that of ``train`` alone, e.g. "youtube-train" frames). crop_scale [1.3], crop_center ["centroid"|"box"],
          augment ["paper1"|"paper2"|"none"], normalize ["imagenet"|"none"],
          max_train_samples / max_val_samples [0 = all] for quick runs.
 [optim]  name ["adam"|"rmsprop"], lr [1e-4], lr_milestones [[] steps],
@@ -65,6 +67,10 @@ def _str_or_list(v):
     return isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(s, str) for s in v))
 
 
+def _str_list(v):
+    return isinstance(v, list) and all(isinstance(s, str) for s in v)
+
+
 def _int_list(v):
     return isinstance(v, list) and all(_is(x, int) and x > 0 for x in v)
 
@@ -79,6 +85,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "root": _Key(str, ""),
         "train": _Key(None, "300w-train", check=_str_or_list, desc="a split name or a list of them"),
         "val": _Key(str, "holdout"),
+        "extra_train": _Key(None, [], check=_str_list, desc="a list of split names / folders"),
         "val_fraction": _Key(_FLOAT, 0.1, check=lambda v: 0 < v < 1, desc="in (0, 1)"),
         "holdout_seed": _Key(int, 0),
         "crop_scale": _Key(_FLOAT, 1.3, check=_pos, desc="> 0"),

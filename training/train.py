@@ -187,6 +187,8 @@ def build_datasets(cfg: dict, input_size: int) -> tuple[LandmarkDataset, Landmar
             raise ConfigError("data.val_fraction: leaves an empty train or validation set")
     else:
         val_samples = _load_samples(d["val"], d["root"], "data.val")
+    if d["extra_train"]:
+        train_samples = train_samples + _load_samples(d["extra_train"], d["root"], "data.extra_train")
     if d["max_train_samples"]:
         train_samples = train_samples[: d["max_train_samples"]]
     if d["max_val_samples"]:
