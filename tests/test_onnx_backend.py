@@ -103,17 +103,21 @@ def test_export_onnx_file(tmp_path, model_file):
     assert not p.training  # exporting leaves the predictor in eval mode
 
 
-def test_static_soft_argmax_is_the_reference():
-    """The graph's soft-argmax (map size as constants) against the reference, odd
-    non-square maps, a batch of 3."""
-    from pyflm.onnx_backend import _soft_argmax_static
+@pytest.mark.parametrize("stride", [1.0, 4.0])
+def test_graph_soft_argmax_is_the_reference(stride):
+    """The graph's soft-argmax (one MatMul over a constant grid, map size as
+    ints) against the reference mapped to input pixels: odd non-square maps,
+    a batch of 3, fresh random logits with a wide range."""
+    from pyflm.onnx_backend import _soft_argmax_grid, _soft_argmax_matmul
     from pyflm.ops.soft_argmax import soft_argmax_reference
 
-    maps = torch.randn(3, 5, 7, 9) * 4
+    maps = torch.randn(3, 5, 7, 9) * 8
+    grid = _soft_argmax_grid(7, 9, stride)
     for t in (1.0, 0.5):
-        got, want = _soft_argmax_static(maps, 5, 7, 9, t), soft_argmax_reference(maps.double(), t)
-        torch.testing.assert_close(got[0].double(), want[0], atol=1e-5, rtol=0)
-        torch.testing.assert_close(got[1].double(), want[1], atol=1e-6, rtol=0)
+        got = _soft_argmax_matmul(maps, grid, 5, 63, t)
+        coords, conf = soft_argmax_reference(maps.double(), t)
+        torch.testing.assert_close(got[0].double(), coords * stride + (stride - 1) / 2, atol=1e-4 * stride, rtol=0)
+        torch.testing.assert_close(got[1].double(), conf, atol=1e-6, rtol=1e-5)
 
 
 def test_graph_has_no_shape_arithmetic(model_file):
