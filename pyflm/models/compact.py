@@ -9,7 +9,9 @@ separable 3x3 conv after each merge, then a 1x1 conv to K heatmaps at stride 4
 
 Only Conv2d / BatchNorm2d / ReLU / nearest interpolation / add: all have fast
 channels-last CPU kernels, fold BN into conv at export, and trace/script/export
-without custom ops. Width is configurable (``width``, ``decoder_channels``); the default has
+without custom ops. Width is configurable (``width``, ``decoder_channels``, ``expand``: the
+inverted residuals' hidden width, 4x their input by default;
+``training/prune_compact.py`` cuts a trained net down to less); the default has
 604,356 parameters and ~95 M multiply-adds at 160x160. Any input size divisible
 by 32 works (128, 160, 192, ...). Measured (shared, heavily loaded 2-core box, so
 noisy): median single 1x3x160x160 eval forward 65 ms NCHW / 41 ms channels-last
@@ -36,11 +38,13 @@ def conv_bn(cin: int, cout: int, k: int = 1, stride: int = 1, groups: int = 1, a
 
 
 class InvertedResidual(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int, expand: int):
+    """1x1 expand to ``hidden`` channels - 3x3 depthwise - 1x1 project (no
+    expansion conv when ``hidden == cin`` and ``expand`` is False)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, hidden: int, expand: bool = True):
         super().__init__()
-        hidden = cin * expand
         layers: list[nn.Module] = []
-        if expand != 1:
+        if expand:
             layers.append(conv_bn(cin, hidden, 1))
         layers += [conv_bn(hidden, hidden, 3, stride, groups=hidden), conv_bn(hidden, cout, 1, act=False)]
         self.block = nn.Sequential(*layers)
@@ -52,7 +56,8 @@ class InvertedResidual(nn.Module):
 
 
 # (expand, channels, repeats, stride); the last block at each of strides 4, 8, 16
-# and 32 feeds the decoder.
+# and 32 feeds the decoder. The 4s become the net's ``expand`` (hidden width of
+# the inverted residuals, as a multiple of their input channels).
 _STAGES = ((1, 16, 1, 1), (4, 24, 2, 2), (4, 32, 3, 2), (4, 64, 3, 2), (4, 96, 2, 1), (4, 160, 2, 2))
 
 
@@ -77,12 +82,15 @@ class CompactHeatmapNet(nn.Module):
     output_stride = 4
 
     def __init__(self, num_landmarks: int = 68, input_size: int = 160, width: float = 1.0,
-                 decoder_channels: int = 64, in_channels: int = 3):
+                 decoder_channels: int = 64, in_channels: int = 3, expand: float = 4.0):
         super().__init__()
         if input_size % 32:
             raise ValueError(f"input_size must be divisible by 32, got {input_size}")
+        if not 0 < expand <= 8:
+            raise ValueError(f"expand must be in (0, 8], got {expand}")
         self.num_landmarks = num_landmarks
         self.input_size = input_size
+        self._kwargs = (float(width), int(decoder_channels), int(in_channels), float(expand))
         cin = _round(32 * width)
         current: list[nn.Module] = [conv_bn(in_channels, cin, 3, stride=2)]
         stages: list[nn.Sequential] = []
@@ -95,7 +103,8 @@ class CompactHeatmapNet(nn.Module):
                 current = []
             cout = _round(c * width)
             for i in range(n):
-                current.append(InvertedResidual(cin, cout, s if i == 0 else 1, t))
+                hidden = cin if t == 1 else _round(cin * expand)
+                current.append(InvertedResidual(cin, cout, s if i == 0 else 1, hidden, expand=t != 1))
                 cin = cout
             stride *= s
         stages.append(nn.Sequential(*current))
@@ -105,6 +114,13 @@ class CompactHeatmapNet(nn.Module):
         self.top = conv_bn(tap_channels[-1], d, 1)
         self.merges = nn.ModuleList([TopDownMerge(c, d) for c in reversed(tap_channels[:-1])])
         self.head = nn.Conv2d(d, num_landmarks, 1)
+
+    @property
+    def init_kwargs(self) -> dict:
+        """The constructor's arguments (to rebuild or resize this net)."""
+        width, d, cin, expand = self._kwargs
+        return {"num_landmarks": self.num_landmarks, "input_size": self.input_size, "width": width,
+                "decoder_channels": d, "in_channels": cin, "expand": expand}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats: list[torch.Tensor] = []
