@@ -66,3 +66,35 @@ def test_fast_model_is_one_more_stage(calls, tmp_path):
     assert all(argv[argv.index("--checkpoint") + 1] == str(out / "fast" / "best.pt") for argv in evals)
     package_args = calls[-1][1]
     assert package_args[2] == str(deploy.bundled_model_path("fast")) and package_args[-1] == stages
+
+
+def test_pruning_stage_starts_from_the_pruned_previous_weights(calls, tmp_path, monkeypatch):
+    """A stage marked "prune" trains from the previous stage's best.pt pruned to
+    its config's model.expand (written to <folder>/pruned.pt); resuming skips it."""
+    pruned = []
+    monkeypatch.setattr(bdm, "_pruned_init", lambda src, cfg, folder: pruned.append((src, cfg)) or folder / "pruned.pt")
+    stages = bdm.STAGES + (("training/configs/fast_slim.toml", "slim", bdm.PRUNE),)
+    monkeypatch.setitem(bdm.MODEL_STAGES, "fast", stages)
+    out = tmp_path / "run"
+    assert bdm.main(["--model", "fast", "--out", str(out), "--from-stage", str(len(stages)),
+                     "--model-out", str(tmp_path / "m.pt")]) == 0
+    assert pruned == [(str(out / "long" / "best.pt"), "training/configs/fast_slim.toml")]
+    assert _trains(calls) == [(stages[-1][0], str(out / "slim"), str(out / "slim" / "pruned.pt"))]
+    (out / "slim").mkdir(parents=True)
+    (out / "slim" / "last.pt").write_bytes(b"")
+    calls.clear()
+    pruned.clear()
+    assert bdm.main(["--model", "fast", "--out", str(out), "--from-stage", str(len(stages)),
+                     "--model-out", str(tmp_path / "m.pt")]) == 0
+    assert pruned == [] and "--resume" in [a for what, argv in calls if what == "train" for a in argv]
+
+
+def test_pruned_init_reads_the_configs_expand(tmp_path):
+    from pyflm import deploy
+    from pyflm.models.compact import CompactHeatmapNet
+
+    net = CompactHeatmapNet(num_landmarks=68, input_size=128, width=0.5, decoder_channels=16)
+    src = deploy.save_model_file(tmp_path / "src.pt", "compact", net.init_kwargs, net.state_dict(),
+                                 deploy.default_meta("compact", 128, 68, 4))
+    path = bdm._pruned_init(str(src), "training/configs/fast_slim.toml", tmp_path / "slim")
+    assert path == tmp_path / "slim" / "pruned.pt" and deploy.load_model_file(path)["model_kwargs"]["expand"] == 2.0

@@ -52,6 +52,7 @@ STAGES = (("training/configs/default.toml", "."), ("training/configs/default_box
 # the bundled models (pyflm.deploy.BUNDLED_MODELS) and their stages: "fast" is the
 # default's network fine-tuned at 128 px from its final stage
 MODEL_STAGES = {"default": STAGES, "fast": STAGES + (("training/configs/fast.toml", "fast"),)}
+PRUNE = "prune"  # a stage's third item: start from the previous weights pruned to its model.expand
 KEPT = ("nme", "eye_nme", "fr@0.08", "fr@0.1", "auc@0.08", "n", "detected", "detection_misses", "detected_fraction")
 
 
@@ -64,6 +65,15 @@ def _metrics(results_file: Path) -> dict:
         for split, st in det["splits"].items():
             out.setdefault(split, {}).update(st)
     return out
+
+
+def _pruned_init(source: str, config: str, folder: Path) -> Path:
+    """``folder``/pruned.pt: ``source``'s compact net pruned to ``config``'s
+    ``model.expand`` (training/prune_compact.py), to start that stage from."""
+    from training.config import load_config
+    from training.prune_compact import prune_model_file
+
+    return prune_model_file(source, float(load_config(config)["model"]["expand"]), folder / "pruned.pt")
 
 
 def package(checkpoint, rules_file, out_file, eval_gt=None, eval_detector=None, stages=STAGES) -> Path:
@@ -83,7 +93,8 @@ def package(checkpoint, rules_file, out_file, eval_gt=None, eval_detector=None, 
     meta["metrics"] = metrics
     meta["metrics_note"] = "fractions; nme = inter-ocular (outer eye corners 36, 45); 300-W test sets"
     meta["licence"] = DATA_LICENCE
-    meta["training"]["source"] = " then ".join(config for config, _ in stages)
+    meta["training"]["source"] = " then ".join(stage[0] + (" (pruned)" if PRUNE in stage[2:] else "")
+                                               for stage in stages)
     return deploy.save_model_file(out_file, mf["task"], mf["model_kwargs"], mf["state_dict"], meta)
 
 
@@ -111,7 +122,7 @@ def main(argv=None) -> int:
     from training.config import load_config
 
     dev = ["--device", args.device] if args.device else []
-    folders = [out / sub for _, sub in stages]
+    folders = [out / stage[1] for stage in stages]
     final = folders[-1]
     first = args.from_stage if args.from_stage is not None else (2 if args.stage1 else 1)
     if not 1 <= first <= len(stages):
@@ -122,6 +133,8 @@ def main(argv=None) -> int:
                     ["--init-from", args.stage1 if (args.stage1 and i == first - 1) else str(folders[i - 1] / "best.pt")])
             folder = folders[i]
             resume = ["--resume"] if (folder / "last.pt").is_file() else []  # an interrupted run goes on
+            if PRUNE in stages[i][2:] and init and not resume:
+                init = ["--init-from", str(_pruned_init(init[1], stages[i][0], folder))]
             rc = train.main(["--config", stages[i][0], "--out", str(folder), *resume, *dev, *init])
             if rc:
                 return rc
