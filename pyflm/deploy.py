@@ -58,7 +58,8 @@ class ModelFileError(ValueError):
 
 # The model files shipped in pyflm/weights, by the name FaceLandmarker(model=...) and
 # the CLI's --model take: "default" (160 px, the most accurate) and "fast" (the same
-# network fine-tuned at 128 px, for the CPU latency target).
+# network fine-tuned at 128 px and pruned to half its hidden width, for the CPU
+# latency target).
 BUNDLED_MODELS = ("default", "fast")
 
 

@@ -202,7 +202,7 @@ class FaceLandmarker:
     Args:
         model: a bundled model: ``"default"`` (``pyflm/weights/default.pt``,
             160 px, the most accurate) or ``"fast"`` (the same network
-            fine-tuned at 128 px: about 0.64x the arithmetic), or a path
+            fine-tuned at 128 px and pruned: about 0.43x the arithmetic), or a path
             to a model file (``.pt``, see :mod:`pyflm.deploy`) or to an exported
             TorchScript predictor (``pyflm export``), or a model-file dict.
         device: ``"cpu"`` or ``"cuda"`` (RuntimeError if CUDA is not available).

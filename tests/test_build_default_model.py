@@ -54,16 +54,20 @@ def test_stage1_file_and_from_stage(calls, tmp_path):
         bdm.main(["--out", str(out), "--from-stage", "0"])
 
 
-def test_fast_model_is_one_more_stage(calls, tmp_path):
+def test_fast_model_is_three_more_stages(calls, tmp_path, monkeypatch):
     from pyflm import deploy
 
+    monkeypatch.setattr(bdm, "_pruned_init", lambda src, cfg, folder: folder / "pruned.pt")
     out = tmp_path / "run"
     stages = bdm.MODEL_STAGES["fast"]
-    assert stages[:-1] == bdm.STAGES and stages[-1][0] == "training/configs/fast.toml"
-    assert bdm.main(["--model", "fast", "--out", str(out), "--from-stage", str(len(stages))]) == 0
-    assert _trains(calls) == [(stages[-1][0], str(out / "fast"), str(out / "long" / "best.pt"))]
+    assert stages[:-3] == bdm.STAGES and [s[0] for s in stages[-3:]] == [
+        "training/configs/fast.toml", "training/configs/fast_slim.toml", "training/configs/fast_slim_long.toml"]
+    assert bdm.main(["--model", "fast", "--out", str(out), "--from-stage", str(len(bdm.STAGES) + 1)]) == 0
+    assert _trains(calls) == [(stages[-3][0], str(out / "fast"), str(out / "long" / "best.pt")),
+                              (stages[-2][0], str(out / "slim"), str(out / "slim" / "pruned.pt")),
+                              (stages[-1][0], str(out / "slim_long"), str(out / "slim" / "best.pt"))]
     evals = [argv for what, argv in calls if what == "eval"]
-    assert all(argv[argv.index("--checkpoint") + 1] == str(out / "fast" / "best.pt") for argv in evals)
+    assert all(argv[argv.index("--checkpoint") + 1] == str(out / "slim_long" / "best.pt") for argv in evals)
     package_args = calls[-1][1]
     assert package_args[2] == str(deploy.bundled_model_path("fast")) and package_args[-1] == stages
 

@@ -16,10 +16,15 @@ Steps (each writes under ``--out``; a finished step's outputs are reused with
    centre a face box determines, into ``--out``/box;
    ``training/configs/default_long.toml``, initialised from stage 2's best: one
    more learning-rate cycle on the same crops, into ``--out``/long (the final
-   stage of ``--model default``); ``--model fast`` adds
+   stage of ``--model default``); ``--model fast`` adds three:
    ``training/configs/fast.toml``, initialised from that: the same network
-   fine-tuned at 128 px input, into ``--out``/fast (e.g. ``--model fast
-   --from-stage 4`` when the default's stages exist);
+   fine-tuned at 128 px input, into ``--out``/fast;
+   ``training/configs/fast_slim.toml``: that network's inverted residuals
+   pruned to half their hidden width (``training/prune_compact.py``, written
+   to ``--out``/slim/pruned.pt) and fine-tuned, into ``--out``/slim; and
+   ``training/configs/fast_slim_long.toml``, one more learning-rate cycle,
+   into ``--out``/slim_long (e.g. ``--model fast --from-stage 4`` when the
+   default's stages exist);
 3. ``training.fit_detector_crops --detector haar --center box`` on the 300-W
    train images: the Haar box -> crop rule (and the tight-landmark-box rule);
 4. ``training.evaluate`` of the final stage's ``best.pt`` on the 300-W common, HELEN
@@ -49,10 +54,13 @@ SPLITS = ("common", "helen-test", "lfpw-test")
 # (config, run folder under --out): each stage starts from the previous one's best.pt
 STAGES = (("training/configs/default.toml", "."), ("training/configs/default_box.toml", "box"),
           ("training/configs/default_long.toml", "long"))
-# the bundled models (pyflm.deploy.BUNDLED_MODELS) and their stages: "fast" is the
-# default's network fine-tuned at 128 px from its final stage
-MODEL_STAGES = {"default": STAGES, "fast": STAGES + (("training/configs/fast.toml", "fast"),)}
 PRUNE = "prune"  # a stage's third item: start from the previous weights pruned to its model.expand
+# the bundled models (pyflm.deploy.BUNDLED_MODELS) and their stages: "fast" is the
+# default's network fine-tuned at 128 px from its final stage, then pruned to half
+# the hidden width and fine-tuned in two cycles
+FAST_STAGES = (("training/configs/fast.toml", "fast"), ("training/configs/fast_slim.toml", "slim", PRUNE),
+               ("training/configs/fast_slim_long.toml", "slim_long"))
+MODEL_STAGES = {"default": STAGES, "fast": STAGES + FAST_STAGES}
 KEPT = ("nme", "eye_nme", "fr@0.08", "fr@0.1", "auc@0.08", "n", "detected", "detection_misses", "detected_fraction")
 
 

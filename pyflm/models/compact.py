@@ -80,6 +80,7 @@ class TopDownMerge(nn.Module):
 class CompactHeatmapNet(nn.Module):
     outputs = "heatmaps [B, K, S/4, S/4] (logits; soft-argmax / argmax decoding)"
     output_stride = 4
+    __jit_unused_properties__ = ["init_kwargs"]  # Python-side only; TorchScript skips it
 
     def __init__(self, num_landmarks: int = 68, input_size: int = 160, width: float = 1.0,
                  decoder_channels: int = 64, in_channels: int = 3, expand: float = 4.0):
