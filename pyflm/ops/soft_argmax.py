@@ -67,9 +67,8 @@ def soft_argmax_reference(
 def expected_positions(logits: torch.Tensor, h: int, w: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The soft-argmax formula on row-major flattened maps ``logits [..., h * w]``:
     ``p = softmax(logits / temperature)`` and the expected ``(x, y)`` under it ->
-    ``(coords [..., 2], p)``. Given Python ints for ``h`` and ``w`` (not a
-    tensor's sizes), a traced graph holds them as constants
-    (:mod:`pyflm.onnx_backend`)."""
+    ``(coords [..., 2], p)``. (The ONNX graph evaluates the same formula as
+    one MatMul: ``pyflm.onnx_backend._soft_argmax_matmul``.)"""
     p = torch.softmax(logits / temperature, dim=-1)
     xs = torch.arange(w, dtype=p.dtype, device=p.device).repeat(h)
     ys = torch.arange(h, dtype=p.dtype, device=p.device).repeat_interleave(w)
