@@ -1,11 +1,12 @@
 """ONNX export and an ONNX Runtime backend for CPU inference.
 
 The predictor of a pyflm model exports to ONNX: uint8 BGR crops ``[B, S, S, 3]``
--> normalisation -> CNN -> for soft-argmax models (the bundled one) the decoding
+-> normalisation -> CNN -> for soft-argmax models (the bundled ones) the decoding
 too, the formula of pyflm's soft-argmax reference and fused op as one MatMul
-over a constant grid (``_soft_argmax_matmul``), giving ``coords [B, K, 2]`` (crop pixels)
-and ``scores [B, K]``. Other models' graphs end at the network's output (``maps``), decoded by the pyflm ops
-(``argmax_decode``'s refinements have no ONNX equivalent). Whole-graph decoding
+over a constant grid (``_soft_argmax_matmul``), giving ``coords [B, K, 2]``
+(crop pixels) and ``scores [B, K]``. Other models' graphs end at the network's
+output (``maps``), decoded by the pyflm ops (``argmax_decode``'s refinements
+have no ONNX equivalent). Whole-graph decoding
 matters for speed: a torch op between ONNX Runtime calls wakes torch's thread
 pool, and the two pools spinning on a small CPU made one face 2.7x slower here.
 
@@ -76,7 +77,8 @@ def _soft_argmax_matmul(maps: Tensor, grid: Tensor, k: int, hw: int, temperature
     ``e @ grid`` gives ``(sum e x, sum e y, sum e)``; coords are the first two
     over the third, and the confidence ``max p = 1 / sum e`` (the largest ``e``
     is 1). The MatMul replaces softmax, two products, two sums, a stack and
-    a max: 5% of a face's time at 128 px (ONNX Runtime, 1 thread, paired A/B). The map size comes in as ints, so no Shape / Gather / Range nodes."""
+    a max: 5% of a face's time at 128 px (ONNX Runtime, 1 thread, paired
+    A/B). The map size comes in as ints, so no Shape / Gather / Range nodes."""
     logits = maps.float().reshape(-1, k, hw)
     e = torch.exp((logits - logits.amax(dim=-1, keepdim=True)) * (1.0 / temperature))
     m = e @ grid

@@ -12,7 +12,8 @@ Sections and keys (defaults in brackets):
          ``holdout_seed`` [0]) away from training; any other value is a split
          name / folder. extra_train [[]]: more splits / folders for training
          only, added after the held-out photos are chosen (so the validation
-         set stays that of ``train`` alone, e.g. "youtube-train" frames). crop_scale [1.3], crop_center ["centroid"|"box"],
+         set stays that of ``train`` alone, e.g. "youtube-train" frames).
+         crop_scale [1.3], crop_center ["centroid"|"box"],
          augment ["paper1"|"paper2"|"none"], normalize ["imagenet"|"none"],
          max_train_samples / max_val_samples [0 = all] for quick runs.
 [optim]  name ["adam"|"rmsprop"], lr [1e-4], lr_milestones [[] steps],

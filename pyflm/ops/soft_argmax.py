@@ -59,20 +59,12 @@ def soft_argmax_reference(
     # softmax is shift-invariant, so values and gradients are unchanged.
     if H * W > 0 and B * K > 0:
         logits = logits - logits.amax(dim=-1, keepdim=True).detach()
-    coords, p = expected_positions(logits, H, W, temperature)
+    p = torch.softmax(logits / temperature, dim=-1)
+    xs = torch.arange(W, dtype=p.dtype, device=p.device).repeat(H)
+    ys = torch.arange(H, dtype=p.dtype, device=p.device).repeat_interleave(W)
+    coords = torch.stack(((p * xs).sum(-1), (p * ys).sum(-1)), dim=-1)
     confidence = p.amax(dim=-1) if B * K > 0 else p.new_empty(B, K)
     return coords, confidence.detach()
-
-
-def expected_positions(logits: torch.Tensor, h: int, w: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The soft-argmax formula on row-major flattened maps ``logits [..., h * w]``:
-    ``p = softmax(logits / temperature)`` and the expected ``(x, y)`` under it ->
-    ``(coords [..., 2], p)``. (The ONNX graph evaluates the same formula as
-    one MatMul: ``pyflm.onnx_backend._soft_argmax_matmul``.)"""
-    p = torch.softmax(logits / temperature, dim=-1)
-    xs = torch.arange(w, dtype=p.dtype, device=p.device).repeat(h)
-    ys = torch.arange(h, dtype=p.dtype, device=p.device).repeat_interleave(w)
-    return torch.stack(((p * xs).sum(-1), (p * ys).sum(-1)), dim=-1), p
 
 
 def soft_argmax(heatmaps: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
