@@ -14,7 +14,6 @@ versions (atomically) to ``benchmarks/results/model_latency.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import warnings
 from pathlib import Path
@@ -68,16 +67,20 @@ def main(argv=None) -> int:
     p.add_argument("--root", default=None, help="data root (default PYFLM_DATA or ../shared/data)")
     p.add_argument("--out", default=str(RESULTS))
     a = p.parse_args(argv)
+    from pyflm.deploy import ModelFileError
+
     faces = _faces(a.faces, a.root)
-    rows = [r for t in a.threads for r in measure(a.models, t, a.rounds, faces)]
+    try:
+        rows = [r for t in a.threads for r in measure(a.models, t, a.rounds, faces)]
+    except ModelFileError as e:
+        p.error(f"--models: {e}")
     cols = ["model", "threads", "backend", "ms_per_face", "ratio_to_first"]
     print(markdown_table(rows, cols))
-    from pyflm.io import atomic_write
+    from pyflm.io import write_json_atomic
 
-    record = {"what": " ".join(__doc__.split("\n\n")[2].split()), "machine": machine(), "models": a.models,
-              "faces": len(faces), "rounds": a.rounds, "results": rows}
-    path = atomic_write(Path(a.out), lambda f: f.write(json.dumps(record, indent=2).encode()))
-    print(f"wrote {path}")
+    write_json_atomic(a.out, {"what": " ".join(__doc__.split("\n\n")[2].split()), "machine": machine(),
+                              "models": a.models, "faces": len(faces), "rounds": a.rounds, "results": rows})
+    print(f"wrote {a.out}")
     return 0
 
 

@@ -59,8 +59,8 @@ from benchmarks.peers.evaluation import (
     speed_table,
     write_json_atomic,
 )
-from pyflm.data import tight_box
 from pyflm import deploy
+from pyflm.data import tight_box
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

@@ -69,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.out is None:
         a.out = RESULTS / ("cpp_binary_latency.json" if a.model == "default" else
                            f"cpp_binary_latency_{Path(a.model).stem}.json")
+    model_file = deploy.model_path(a.model)
+    try:
+        model = deploy.load_model_file(model_file)
+    except deploy.ModelFileError as e:
+        p.error(f"--model: {e}")
     from pyflm._cpp_tool import binary_path
 
     binary = binary_path()
@@ -82,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     images = sorted(by_image)[: a.images]
     results = {}
     with tempfile.TemporaryDirectory(prefix="pyflm-cpp-latency-") as tmp:
-        model_ts = deploy.export_torchscript(deploy.load_model_file(deploy.model_path(a.model)), Path(tmp) / "m.ts")
+        model_ts = deploy.export_torchscript(model, Path(tmp) / "m.ts")
         boxes_file = Path(tmp) / "boxes.json"
         boxes_file.write_text(json.dumps({str(i): by_image[i] for i in images}))
         for threads in (1, 2):
@@ -90,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[f"{threads}thr_{kind}"] = r = run_binary(binary, model_ts, images, threads, boxes)
                 print(f"{threads} thread(s), {kind}: {r}")
     write_json_atomic(a.out, {"what": __doc__.split("\n\n")[2].replace("\n", " "), "split": a.split,
-                              "model": str(deploy.model_path(a.model)),
+                              "model": str(model_file),
                               "binary": str(binary), "machine": common.machine(), "results": results})
     print(f"wrote {a.out}")
     return 0
