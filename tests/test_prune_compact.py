@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pyflm import deploy
-from pyflm.models.compact import CompactHeatmapNet, InvertedResidual
+from pyflm.models.compact import CompactHeatmapNet, InvertedResidual, _round
 from training.prune_compact import channel_importance, main, prune_compact, prune_model_file
 
 
@@ -28,7 +28,7 @@ def _kill_weakest(net: CompactHeatmapNet, expand: float) -> None:
     for m in net.modules():
         if isinstance(m, InvertedResidual) and len(m.block) == 3:
             cin = m.block[0][0].in_channels
-            n = max(8, int(cin * expand + 4) // 8 * 8)
+            n = _round(cin * expand)  # the pruned width, as the net computes it
             hidden = m.block[0][0].out_channels
             dead = torch.randperm(hidden)[: hidden - n]
             bn = m.block[1][1]
