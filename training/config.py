@@ -27,6 +27,11 @@ Sections and keys (defaults in brackets):
          training checkpoint or pyflm model file whose network weights start
          the run (fine-tuning; same task and shapes; ignored by --resume,
          which restores everything from last.pt).
+[distill] teacher [""]: a model file or checkpoint of a distribution model
+         (same input size, map grid and normalisation) whose maps are mixed
+         into the targets (training/distill.py); weight [0.5] in (0, 1]: the
+         teacher's share of the target; flip [true]: average the teacher's
+         maps with those of the mirrored crops.
 """
 
 from __future__ import annotations
@@ -120,6 +125,11 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "log_every": _Key(int, 50, check=_pos, desc="> 0"),
         "val_batch_size": _Key(int, 0, check=_nonneg, desc=">= 0"),
         "init_from": _Key(str, ""),
+    },
+    "distill": {
+        "teacher": _Key(str, ""),
+        "weight": _Key(_FLOAT, 0.5, check=lambda v: 0 < v <= 1, desc="in (0, 1]"),
+        "flip": _Key(bool, True),
     },
 }
 _MODEL_FIXED = {"task": _Key(str, None), "num_landmarks": _Key(int, 68, check=_pos, desc="> 0")}

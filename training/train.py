@@ -2,6 +2,7 @@
 
     python -m training.train --config training/configs/hybrid.toml [--out runs/hybrid]
                              [--resume] [--max-steps N] [--device cpu|cuda]
+                             [--init-from FILE] [--teacher FILE]
     torchrun --nproc_per_node=N -m training.train --config ...   (DDP, same script)
 
 One *step* is one detector update on one batch, except for the "+disc" tasks
@@ -11,6 +12,8 @@ detached predictions of batch 1 vs their ground truth, detector on batch 2).
 The task's ``loss`` is expected to include its adversarial term; the
 discriminator has its own optimizer (same kind, lr ``optim.disc_lr``, no
 schedule). The lr schedule (MultiStepLR over steps) steps once per step.
+A ``[distill]`` section (distribution tasks) mixes a frozen teacher's
+flip-averaged maps into every batch's targets (:mod:`training.distill`).
 
 Every ``train.val_every`` steps (and at the last step) the model is validated
 (mean inter-ocular NME in image pixels on the validation split, predictions
@@ -51,6 +54,7 @@ import torch.distributed as dist
 from torch import nn
 
 from training.config import ConfigError, load_config, validate_config
+from training.distill import build_teacher
 from training.dataset import (
     AUGMENT_PRESETS,
     IMAGENET_MEAN,
@@ -486,6 +490,7 @@ def train(cfg: dict, out_dir, resume: bool = False, max_steps: int | None = None
         load_init_weights(task.model, t_cfg["init_from"])
     input_size = int(task.input_size)
     train_ds, val_ds = build_datasets(cfg, input_size)
+    teacher = build_teacher(cfg["distill"], task, cfg["data"], "cpu")
 
     dd = _Dist(device)
     dev = dd.device
@@ -498,6 +503,8 @@ def train(cfg: dict, out_dir, resume: bool = False, max_steps: int | None = None
     if isinstance(task, nn.Module):
         task.to(dev)  # a task module may hold buffers besides model / discriminator
     model = task.model.to(dev)
+    if teacher is not None:
+        teacher.to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     gan = _is_gan(task)
@@ -554,6 +561,8 @@ def train(cfg: dict, out_dir, resume: bool = False, max_steps: int | None = None
         coords = batch["landmarks"].to(dev, torch.float32)
         vis = batch["visibility"].to(dev)
         targets = task.encode(coords, vis)
+        if teacher is not None:
+            targets = teacher.mix(x, targets)
         with autocast() if autocast else nullcontext():
             outputs = net(x)
         outputs = _to_float(outputs)
@@ -680,12 +689,16 @@ def main(argv=None) -> int:
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--init-from", default=None, metavar="FILE",
                    help="override train.init_from: start from this checkpoint's or model file's weights")
+    p.add_argument("--teacher", default=None, metavar="FILE",
+                   help="override distill.teacher: distil from this checkpoint or model file")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config)
         if args.init_from is not None:
             cfg["train"]["init_from"] = args.init_from
+        if args.teacher is not None:
+            cfg["distill"]["teacher"] = args.teacher
         out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
         summary = train(cfg, out, resume=args.resume, max_steps=args.max_steps, device=args.device,
                         progress=not args.no_progress)
