@@ -316,17 +316,24 @@ class LandmarkPredictor(nn.Module):
         return self._to_input(coords), scores
 
 
-def build_predictor(model_file: dict) -> LandmarkPredictor:
-    """The eval-mode :class:`LandmarkPredictor` of a model-file dict."""
+def task_from_model_file(model_file: dict):
+    """The :class:`pyflm.tasks.LandmarkTask` of a model-file dict, its weights
+    loaded; ModelFileError when they do not fit the network."""
     from pyflm.tasks import build_task
 
-    task_name, meta = model_file["task"], model_file["meta"]
+    task_name = model_file["task"]
     task = build_task(task_name, **model_file["model_kwargs"])
     try:
         task.model.load_state_dict(model_file["state_dict"])
     except RuntimeError as e:
         raise ModelFileError(f"model weights do not fit the {task_name!r} network: {e}") from None
-    net: nn.Module = task.model
+    return task
+
+
+def build_predictor(model_file: dict) -> LandmarkPredictor:
+    """The eval-mode :class:`LandmarkPredictor` of a model-file dict."""
+    task_name, meta = model_file["task"], model_file["meta"]
+    net: nn.Module = task_from_model_file(model_file).model
     base = task_name.split("+")[0]
     if base in ("dsc", "cascade"):
         net = _SingleOutput(net, base)

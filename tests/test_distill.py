@@ -14,7 +14,9 @@ from training.config import ConfigError, validate_config
 from training.distill import Teacher, build_teacher
 
 S = 64  # small compact net: 16x16 maps
-DATA = {"normalize": "imagenet"}
+from training.dataset import IMAGENET_MEAN, IMAGENET_STD
+
+DATA = (IMAGENET_MEAN, IMAGENET_STD)
 
 
 def distill_cfg(teacher, weight=0.5, flip=True) -> dict:
@@ -45,7 +47,7 @@ def test_flip_averaged_maps_give_the_flip_test_positions(teacher_file):
     crops' positions (mirrored back: x -> S - 1 - x, mirror permutation), in float64."""
     path, ref = teacher_file
     student = build_task("compact", input_size=S)
-    teacher = build_teacher(distill_cfg(path), student, DATA, "cpu").double()
+    teacher = build_teacher(distill_cfg(path), student, *DATA).double()
     net = ref.model.double().eval()
     x = torch.randn(3, 3, S, S, dtype=torch.float64)
     p = teacher.distributions(x)
@@ -57,14 +59,14 @@ def test_flip_averaged_maps_give_the_flip_test_positions(teacher_file):
     b[..., 0] = (S - 1) - b[..., 0]
     torch.testing.assert_close(got, (a + b) / 2, atol=1e-9, rtol=0)
     assert (a - b).abs().max() > 0.05  # far above the tolerance: the average is not trivially either crop
-    no_flip = build_teacher(distill_cfg(path, flip=False), student, DATA, "cpu").double()
+    no_flip = build_teacher(distill_cfg(path, flip=False), student, *DATA).double()
     torch.testing.assert_close(student.codec.to_input(soft_argmax(torch.log(no_flip.distributions(x)))[0]), a,
                                atol=1e-9, rtol=0)
 
 
 def test_teacher_stays_frozen_in_eval_mode(teacher_file):
     path, _ = teacher_file
-    teacher = build_teacher(distill_cfg(path), build_task("compact", input_size=S), DATA, "cpu")
+    teacher = build_teacher(distill_cfg(path), build_task("compact", input_size=S), *DATA)
     teacher.train()
     assert not teacher.net.training and not any(p.requires_grad for p in teacher.parameters())
 
@@ -73,7 +75,7 @@ def test_teacher_stays_frozen_in_eval_mode(teacher_file):
 def test_mixed_target(teacher_file, weight):
     path, _ = teacher_file
     student = build_task("compact", input_size=S)
-    teacher = build_teacher(distill_cfg(path, weight=weight), student, DATA, "cpu").double()
+    teacher = build_teacher(distill_cfg(path, weight=weight), student, *DATA).double()
     x = torch.randn(2, 3, S, S, dtype=torch.float64)
     coords = torch.rand(2, 68, 2, dtype=torch.float64) * 40 + 12
     vis = torch.ones(2, 68)
@@ -93,19 +95,24 @@ def test_mixed_target(teacher_file, weight):
 def test_build_teacher_errors_name_the_key(tmp_path, teacher_file):
     path, _ = teacher_file
     student = build_task("compact", input_size=S)
-    assert build_teacher(distill_cfg(""), student, DATA, "cpu") is None
+    assert build_teacher(distill_cfg(""), student, *DATA) is None
     with pytest.raises(ConfigError, match=r"distill\.teacher: .*not found"):
-        build_teacher(distill_cfg(tmp_path / "missing.pt"), student, DATA, "cpu")
+        build_teacher(distill_cfg(tmp_path / "missing.pt"), student, *DATA)
     trunc = tmp_path / "trunc.pt"
     trunc.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(ConfigError, match=r"distill\.teacher: .*trunc\.pt"):
-        build_teacher(distill_cfg(trunc), student, DATA, "cpu")
+        build_teacher(distill_cfg(trunc), student, *DATA)
+    misfit = tmp_path / "misfit.pt"
+    mf = deploy.load_model_file(path)
+    deploy.save_model_file(misfit, mf["task"], {**mf["model_kwargs"], "expand": 2.0}, mf["state_dict"], mf["meta"])
+    with pytest.raises(ConfigError, match=r"distill\.teacher: model weights do not fit the 'compact' network"):
+        build_teacher(distill_cfg(misfit), student, *DATA)
     with pytest.raises(ConfigError, match=r"distill\.teacher: .*input_size 64, the student 96"):
-        build_teacher(distill_cfg(path), build_task("compact", input_size=96), DATA, "cpu")
+        build_teacher(distill_cfg(path), build_task("compact", input_size=96), *DATA)
     with pytest.raises(ConfigError, match=r"distill\.teacher: .*normalisation"):
-        build_teacher(distill_cfg(path), student, {"normalize": "none"}, "cpu")
+        build_teacher(distill_cfg(path), student)
     with pytest.raises(ConfigError, match=r"distill\.teacher: .*distribution task"):
-        build_teacher(distill_cfg(path), build_task("heatmap", input_size=S), DATA, "cpu")
+        build_teacher(distill_cfg(path), build_task("heatmap", input_size=S), *DATA)
 
 
 @pytest.mark.parametrize("key,value,match", [

@@ -64,13 +64,13 @@ class Teacher(nn.Module):
         return {**targets, "distribution": mixed}
 
 
-def build_teacher(d_cfg: dict, student, data_cfg: dict, device) -> Teacher | None:
-    """The :class:`Teacher` of a validated ``[distill]`` section (None when
-    ``distill.teacher`` is empty); ConfigError naming the key on a missing or
-    damaged file or a teacher that does not fit the student."""
+def build_teacher(d_cfg: dict, student, mean=None, std=None) -> Teacher | None:
+    """The :class:`Teacher` (on the CPU) of a validated ``[distill]`` section
+    (None when ``distill.teacher`` is empty); ``mean`` / ``std`` are the
+    student's input normalisation (None: none). ConfigError naming the key on
+    a missing or damaged file or a teacher that does not fit the student."""
     from pyflm.data.schemes import model_mirror
-    from pyflm.deploy import ModelFileError, load_model_file
-    from pyflm.tasks import build_task
+    from pyflm.deploy import ModelFileError, load_model_file, task_from_model_file
 
     path = d_cfg["teacher"]
     if not path:
@@ -80,10 +80,9 @@ def build_teacher(d_cfg: dict, student, data_cfg: dict, device) -> Teacher | Non
                           f"the student is {student.name!r}")
     try:
         mf = load_model_file(path)
+        teacher = task_from_model_file(mf)
     except ModelFileError as e:
         raise ConfigError(f"distill.teacher: {e}") from None
-    teacher = build_task(mf["task"], **mf["model_kwargs"])
-    teacher.model.load_state_dict(mf["state_dict"])
     if teacher.kind != "distribution":
         raise ConfigError(f"distill.teacher: {path} is a {mf['task']!r} model, not a distribution model")
     for what in ("input_size", "heatmap_size"):
@@ -91,16 +90,12 @@ def build_teacher(d_cfg: dict, student, data_cfg: dict, device) -> Teacher | Non
         if a != b:
             raise ConfigError(f"distill.teacher: {path} has {what} {a}, the student {b}")
     norm = mf["meta"].get("normalize") or {}
-    if data_cfg["normalize"] == "imagenet":
-        from training.dataset import IMAGENET_MEAN, IMAGENET_STD
-
-        want = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-    else:
-        want = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+    want = {"mean": list(mean if mean is not None else (0.0, 0.0, 0.0)),
+            "std": list(std if std is not None else (1.0, 1.0, 1.0))}
     got = {k: [float(v) for v in norm.get(k, want[k])] for k in want}
     if any(abs(a - b) > 1e-6 for k in want for a, b in zip(got[k], want[k])):
         raise ConfigError(f"distill.teacher: {path} expects normalisation {got}, data.normalize gives {want}")
     mirror = model_mirror(mf["meta"]) if d_cfg["flip"] else None
     if d_cfg["flip"] and mirror is None:
         raise ConfigError(f"distill.flip: {path} has no mirror permutation for its landmarks")
-    return Teacher(teacher.model, teacher.codec.temperature, mirror, d_cfg["weight"]).to(device)
+    return Teacher(teacher.model, teacher.codec.temperature, mirror, d_cfg["weight"])

@@ -54,7 +54,6 @@ import torch.distributed as dist
 from torch import nn
 
 from training.config import ConfigError, load_config, validate_config
-from training.distill import build_teacher
 from training.dataset import (
     AUGMENT_PRESETS,
     IMAGENET_MEAN,
@@ -64,6 +63,7 @@ from training.dataset import (
     holdout_split,
     make_loader,
 )
+from training.distill import build_teacher
 
 __all__ = [
     "ConfigError",
@@ -490,7 +490,7 @@ def train(cfg: dict, out_dir, resume: bool = False, max_steps: int | None = None
         load_init_weights(task.model, t_cfg["init_from"])
     input_size = int(task.input_size)
     train_ds, val_ds = build_datasets(cfg, input_size)
-    teacher = build_teacher(cfg["distill"], task, cfg["data"], "cpu")
+    teacher = build_teacher(cfg["distill"], task, *_norm(cfg["data"]))
 
     dd = _Dist(device)
     dev = dd.device
