@@ -44,6 +44,8 @@ __all__ = [
     "build_predictor",
     "export_torchscript",
     "load_torchscript",
+    "decode_offset",
+    "flip_shift",
 ]
 
 MODEL_FORMAT = "pyflm-model"
@@ -206,6 +208,41 @@ def model_file_from_checkpoint(ckpt: dict, source: str = "checkpoint") -> dict:
             "state_dict": ckpt["model"], "meta": meta}
 
 
+# ------------------------------------------------------------------------ calibration offsets
+def decode_offset(meta: dict) -> Tensor | None:
+    """``meta["decode"]["offset"]`` as a float32 ``[K, 2]`` tensor (crop pixels,
+    added to every decoded point), or None when the model has none.
+    :class:`ModelFileError` unless it is K finite (dx, dy) pairs.
+
+    Why a model has one: 300-W's annotation protocol is not mirror-symmetric,
+    so a network trained with horizontal flips learns the average of a point and
+    its mirrored partner and misses each by a small, steady amount (about half a
+    crop pixel). ``python -m training.calibrate`` measures that per point on the
+    held-out training photos and stores it here."""
+    off = meta.get("decode", {}).get("offset")
+    if off is None:
+        return None
+    k = int(meta["num_landmarks"])
+    try:
+        t = torch.tensor(off, dtype=torch.float32)
+    except (TypeError, ValueError) as e:
+        raise ModelFileError(f"model meta decode.offset is not a list of (dx, dy) numbers: {e}") from None
+    if t.shape != (k, 2) or not bool(torch.isfinite(t).all()):
+        raise ModelFileError(f"model meta decode.offset must be {k} finite (dx, dy) pairs, got shape {list(t.shape)}")
+    return t
+
+
+def flip_shift(offset: Tensor, mirror) -> Tensor:
+    """What the flip test adds to the mirrored pass after mapping it back
+    (``x -> S - 1 - x``, then ``[:, mirror]``) so that it, too, carries
+    ``offset`` rather than the offset's mirror image: the predictor adds
+    ``offset[j]`` to point j of the mirrored crop, which comes back as
+    ``(-dx, dy)`` of point ``mirror[i]``. ``[K, 2]``."""
+    m = torch.as_tensor(mirror, dtype=torch.long, device=offset.device)
+    back = offset[m]
+    return torch.stack((offset[:, 0] + back[:, 0], offset[:, 1] - back[:, 1]), dim=1)
+
+
 # ------------------------------------------------------------------------ predictor
 class _SingleOutput(nn.Module):
     """Wraps nets whose forward returns several things into one tensor
@@ -243,6 +280,10 @@ class LandmarkPredictor(nn.Module):
         self.softmax = bool(d.get("softmax", False))
         self.drop_last = bool(d.get("drop_last", False))
         self.refine = str(d.get("refine", "dark"))
+        offset = decode_offset(meta)
+        self.has_offset = offset is not None
+        self.register_buffer("offset", (offset if offset is not None else torch.zeros(self.num_landmarks, 2))[None],
+                             persistent=False)  # [1, K, 2] crop px; see decode_offset
         n = meta["normalize"]
         mean = torch.tensor(n["mean"], dtype=torch.float32)
         std = torch.tensor(n["std"], dtype=torch.float32)
@@ -282,12 +323,16 @@ class LandmarkPredictor(nn.Module):
         return out
 
     def _to_input(self, coords: Tensor) -> Tensor:
+        """Map cells -> input pixels, plus the calibration offset (if any)."""
         s = self.stride
-        return coords * s + (s - 1.0) / 2.0
+        coords = coords * s + (s - 1.0) / 2.0
+        return coords + self.offset if self.has_offset else coords
 
     def _regression(self, out: Tensor) -> tuple[Tensor, Tensor]:
         # regressors (wrapped to input pixels by build_predictor) have no confidence
         coords = out.float().reshape(out.shape[0], self.num_landmarks, 2)
+        if self.has_offset:
+            coords = coords + self.offset
         return coords, torch.ones(coords.shape[0], coords.shape[1], dtype=coords.dtype, device=coords.device)
 
     def _decode_ops(self, out: Tensor) -> tuple[Tensor, Tensor]:

@@ -59,7 +59,10 @@ class _Graph(nn.Module):
         if not decodes_in_graph(p):
             return out
         k, h, w = self.map_shape
-        return _soft_argmax_matmul(p._prepare_maps(out), self.grid, k, h * w, p.temperature)
+        coords, scores = _soft_argmax_matmul(p._prepare_maps(out), self.grid, k, h * w, p.temperature)
+        if p.has_offset:  # the model's calibration offset (pyflm.deploy.decode_offset): one Add
+            coords = coords + p.offset
+        return coords, scores
 
 
 def _soft_argmax_grid(h: int, w: int, stride: float) -> Tensor:

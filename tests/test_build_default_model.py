@@ -10,10 +10,11 @@ from training import build_default_model as bdm
 
 @pytest.fixture
 def calls(monkeypatch, tmp_path):
-    from training import evaluate, fit_detector_crops, train
+    from training import calibrate, evaluate, fit_detector_crops, train
 
     log = []
     monkeypatch.setattr(train, "main", lambda argv: log.append(("train", argv)) or 0)
+    monkeypatch.setattr(calibrate, "main", lambda argv: log.append(("calibrate", argv)) or 0)
     monkeypatch.setattr(fit_detector_crops, "main", lambda argv: log.append(("fit", argv)) or 0)
     monkeypatch.setattr(evaluate, "main", lambda argv: log.append(("eval", argv)) or 0)
     monkeypatch.setattr(bdm, "package", lambda *a: log.append(("package", a)) or tmp_path / "m.pt")
@@ -33,9 +34,23 @@ def test_stages_chain_their_weights(calls, tmp_path):
     folders = [str(out / sub) for _, sub in bdm.STAGES]
     assert _trains(calls) == [(configs[0], folders[0], None)] + [
         (configs[i], folders[i], f"{folders[i - 1]}/best.pt") for i in range(1, len(configs))]
+    # the final stage's best.pt is calibrated, and the calibrated file is evaluated and packaged
+    (cal,) = [argv for what, argv in calls if what == "calibrate"]
+    calibrated = f"{folders[-1]}/calibrated.pt"
+    assert cal[cal.index("--model") + 1] == f"{folders[-1]}/best.pt" and cal[cal.index("--out") + 1] == calibrated
     evals = [argv for what, argv in calls if what == "eval"]
-    assert len(evals) == 2 and all(argv[argv.index("--checkpoint") + 1] == f"{folders[-1]}/best.pt" for argv in evals)
-    assert calls[-1][0] == "package" and str(calls[-1][1][0]) == f"{folders[-1]}/best.pt"
+    assert len(evals) == 2 and all(argv[argv.index("--checkpoint") + 1] == calibrated for argv in evals)
+    assert [what for what, _ in calls[-4:]] == ["calibrate", "eval", "eval", "package"]
+    assert str(calls[-1][1][0]) == calibrated
+
+
+def test_final_file_skips_training(calls, tmp_path):
+    out = tmp_path / "run"
+    assert bdm.main(["--out", str(out), "--final", "bundled.pt", "--model-out", str(tmp_path / "m.pt")]) == 0
+    assert _trains(calls) == []
+    (cal,) = [argv for what, argv in calls if what == "calibrate"]
+    assert cal[cal.index("--model") + 1] == "bundled.pt"
+    assert str(calls[-1][1][0]) == str(out / bdm.STAGES[-1][1] / "calibrated.pt")
 
 
 def test_stage1_file_and_from_stage(calls, tmp_path):
@@ -67,7 +82,10 @@ def test_fast_model_is_three_more_stages(calls, tmp_path, monkeypatch):
                               (stages[-2][0], str(out / "slim"), str(out / "slim" / "pruned.pt")),
                               (stages[-1][0], str(out / "slim_long"), str(out / "slim" / "best.pt"))]
     evals = [argv for what, argv in calls if what == "eval"]
-    assert all(argv[argv.index("--checkpoint") + 1] == str(out / "slim_long" / "best.pt") for argv in evals)
+    (cal,) = [argv for what, argv in calls if what == "calibrate"]
+    assert cal[cal.index("--model") + 1] == str(out / "slim_long" / "best.pt")
+    assert evals and all(argv[argv.index("--checkpoint") + 1] == str(out / "slim_long" / "calibrated.pt")
+                         for argv in evals)
     package_args = calls[-1][1]
     assert package_args[2] == str(deploy.bundled_model_path("fast")) and package_args[-1] == stages
 

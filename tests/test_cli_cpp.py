@@ -345,6 +345,41 @@ def test_flip_test_needs_a_mirror(cli, tmp_path):
     assert _run(cli, "--model", ts, "--ops", _ops(), "--boxes", boxes, image).returncode == 0
 
 
+def test_flip_test_keeps_the_calibration_offset(cli, compiled_module, tmp_path):
+    """A model with a calibration offset (meta decode.offset, not mirror-symmetric):
+    --flip-test gives FaceLandmarker(flip_test=True)'s landmarks, which carry the
+    offset itself (tests/test_calibration.py); an offset that does not fit the
+    model is a setup error naming the key."""
+    from tests.test_deploy import _tiny_model_file
+
+    rng = np.random.default_rng()
+    torch.manual_seed(0)
+    mf = _tiny_model_file("compact", 64)
+    mf["meta"]["decode"]["offset"] = rng.uniform(-2, 2, (68, 2)).round(4).tolist()
+    ts = deploy.export_torchscript(mf, tmp_path / "offset.ts")
+    image = tmp_path / "x.png"
+    cv2.imwrite(str(image), _synthetic_image(rng, 120, 150))
+    box = _random_box(rng, 120, 150)
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"x.png": [box]}))
+    out = tmp_path / "flip.json"
+    proc = _run(cli, "--model", ts, "--ops", _ops(), "--boxes", boxes, "--box-type", "tight", "--flip-test",
+                "--json", out, image)
+    assert proc.returncode == 0, proc.stderr
+    (cpp,) = [f["landmarks"] for f in json.loads(out.read_text())["images"][0]["faces"]]
+    lm = pyflm.FaceLandmarker(model=mf, detector=None, flip_test=True, backend="torch")
+    (want,) = lm.detect(cv2.imread(str(image)), boxes=[box], box_type="tight")
+    assert np.abs(np.asarray(cpp) - want.landmarks).max() < TOLERANCE_PX
+    # the same graph with a broken offset in its pyflm.json
+    module = torch.jit.load(str(ts))
+    meta = deploy.load_torchscript(ts)[1]
+    meta["decode"]["offset"] = meta["decode"]["offset"][:-1]
+    bad = tmp_path / "bad.ts"
+    torch.jit.save(module, str(bad), _extra_files={"pyflm.json": json.dumps(meta)})
+    proc = _run(cli, "--model", bad, "--ops", _ops(), "--boxes", boxes, "--flip-test", image)
+    assert proc.returncode == 2 and "decode.offset" in proc.stderr
+
+
 # ------------------------------------------------- detection, video, stdout, batch sizes
 def test_detection_video_and_stdout(cli, model_ts, main_run, tmp_path):
     """No --json: the document goes to standard output. Images without given

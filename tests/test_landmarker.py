@@ -468,7 +468,15 @@ def _face_crops(lm, img, rng, n=3) -> torch.Tensor:
                                       for _ in range(n)]))
 
 
+def _offset(lm) -> np.ndarray:
+    """The model's calibration offset [68, 2] (zeros when it has none)."""
+    off = deploy.decode_offset(lm.meta)
+    return np.zeros((lm.num_landmarks, 2)) if off is None else off.double().numpy()
+
+
 def test_flip_test_averages_the_mirrored_prediction(nodet, flipped, astronaut, rng):
+    """The average of the plain pass and the mirrored pass mapped back, whose
+    calibration offset is then its own again (pyflm.deploy.flip_shift)."""
     from pyflm.data.schemes import get_scheme
 
     sch, s = get_scheme("68"), nodet.input_size
@@ -476,23 +484,28 @@ def test_flip_test_averages_the_mirrored_prediction(nodet, flipped, astronaut, r
     plain, plain_scores = (t.double().numpy() for t in nodet.predictor(x))
     mirror, mirror_scores = (t.double().numpy() for t in nodet.predictor(x.flip(2)))
     got, scores = flipped._predict(x)
-    np.testing.assert_allclose(got.double().numpy(), (plain + sch.flip_landmarks(mirror, s)) / 2, atol=1e-3)
+    shift = deploy.flip_shift(torch.from_numpy(_offset(nodet)), sch.mirror_array).numpy()
+    want = (plain + sch.flip_landmarks(mirror, s) + shift) / 2
+    np.testing.assert_allclose(got.double().numpy(), want, atol=1e-3)
     np.testing.assert_allclose(scores.double().numpy(), (plain_scores + mirror_scores[:, sch.mirror_array]) / 2,
                                atol=1e-5)
 
 
 def test_flip_test_is_mirror_equivariant(nodet, flipped, astronaut, rng):
-    """Crops mirrored -> landmarks mirrored (and re-ordered), to float rounding;
-    the plain model is visibly not, so this fails if flip_test did nothing.
-    (On crops, where mirroring is exact: cv2 rounds sampling positions to 1/32
-    px, so a mirrored image's crop is not exactly the mirrored crop.)"""
+    """Crops mirrored -> landmarks mirrored (and re-ordered), to float rounding,
+    once the model's calibration offset o (not mirror-symmetric: 300-W's
+    protocol is not) is taken off: flip(F(mirrored) - o) = F(x) - o. The plain
+    model is visibly not, so this fails if flip_test did nothing. (On crops,
+    where mirroring is exact: cv2 rounds sampling positions to 1/32 px, so a
+    mirrored image's crop is not exactly the mirrored crop.)"""
     from pyflm.data.schemes import get_scheme
 
     sch, s = get_scheme("68"), nodet.input_size
     x = _face_crops(nodet, astronaut, rng)
+    o = _offset(nodet)
     for lm, tol in ((flipped, 1e-3), (nodet, None)):
-        a = lm._predict(x)[0].double().numpy()
-        b = lm._predict(x.flip(2))[0].double().numpy()
+        a = lm._predict(x)[0].double().numpy() - o
+        b = lm._predict(x.flip(2))[0].double().numpy() - o
         err = np.abs(sch.flip_landmarks(b, s) - a).max()
         if tol is None:
             assert err > 0.05, f"plain model mirror-equivariant to {err} px: the flip test check is vacuous"

@@ -1,7 +1,7 @@
 """Train, evaluate and package pyflm's bundled models in one command.
 
     python -m training.build_default_model [--model default|fast] [--out runs/default]
-        [--skip-train] [--stage1 FILE] [--from-stage N] [--device cpu|cuda] [--root DATA]
+        [--skip-train] [--stage1 FILE] [--from-stage N] [--final FILE] [--device cpu|cuda] [--root DATA]
 
 Steps (each writes under ``--out``; a finished step's outputs are reused with
 ``--skip-train`` / when present):
@@ -27,11 +27,14 @@ Steps (each writes under ``--out``; a finished step's outputs are reused with
    default's stages exist);
 3. ``training.fit_detector_crops --detector haar --center box`` on the 300-W
    train images: the Haar box -> crop rule (and the tight-landmark-box rule);
-4. ``training.evaluate`` of the final stage's ``best.pt`` on the 300-W common, HELEN
+4. ``training.calibrate`` of the final stage's ``best.pt`` (``--final FILE``:
+   of FILE instead, e.g. an existing bundled model, with no training): the
+   per-landmark offset fitted on the held-out 10%, into ``calibrated.pt``;
+5. ``training.evaluate`` of ``calibrated.pt`` on the 300-W common, HELEN
    and LFPW test sets, with ground-truth crops and with Haar detector crops;
-5. the model file ``pyflm/weights/<model>.pt`` (:mod:`pyflm.deploy` format):
-   weights, the fitted crop rules and the measured accuracy in its meta, so
-   ``pyflm info`` shows them.
+6. the model file ``pyflm/weights/<model>.pt`` (:mod:`pyflm.deploy` format):
+   weights, calibration offset, the fitted crop rules and the measured accuracy
+   in its meta, so ``pyflm info`` shows them.
 
 The data are the 300-W images in ``../shared/data`` (or ``--root``); their
 licence (non-commercial research) carries over to the weights.
@@ -119,6 +122,9 @@ def main(argv=None) -> int:
                         "start stage N from them)")
     p.add_argument("--from-stage", type=int, default=None, metavar="N",
                    help="skip the stages before N (their best.pt must exist); default 1, or 2 with --stage1")
+    p.add_argument("--final", default=None, metavar="FILE",
+                   help="the final stage's weights (checkpoint or model file) instead of training: recalibrate, "
+                        "re-evaluate and repackage them (outputs under --out)")
     p.add_argument("--device", default=None)
     p.add_argument("--root", default=None, help="data root (default PYFLM_DATA or ../shared/data)")
     args = p.parse_args(argv)
@@ -126,7 +132,7 @@ def main(argv=None) -> int:
     model_out = args.model_out or str(deploy.bundled_model_path(args.model))
     out = Path(args.out)
     root = ["--root", args.root] if args.root else []
-    from training import evaluate, fit_detector_crops, train
+    from training import calibrate, evaluate, fit_detector_crops, train
     from training.config import load_config
 
     dev = ["--device", args.device] if args.device else []
@@ -135,7 +141,9 @@ def main(argv=None) -> int:
     first = args.from_stage if args.from_stage is not None else (2 if args.stage1 else 1)
     if not 1 <= first <= len(stages):
         p.error(f"--from-stage must be 1..{len(stages)}, got {first}")
-    if not args.skip_train:
+    if args.final is not None:
+        final.mkdir(parents=True, exist_ok=True)
+    elif not args.skip_train:
         for i in range(first - 1, len(stages)):
             init = ([] if i == 0 else
                     ["--init-from", args.stage1 if (args.stage1 and i == first - 1) else str(folders[i - 1] / "best.pt")])
@@ -153,13 +161,17 @@ def main(argv=None) -> int:
                                       "--out", str(rules), *root])
         if rc:
             return rc
+    calibrated = final / "calibrated.pt"
+    rc = calibrate.main(["--model", args.final or str(final / "best.pt"), "--out", str(calibrated), *dev, *root])
+    if rc:
+        return rc
     for crops, folder in (("gt", "eval"), ("detector", "eval-haar")):
         extra = ["--detector", "haar", "--rule", str(rules)] if crops == "detector" else []
-        rc = evaluate.main(["--checkpoint", str(final / "best.pt"), "--splits", *SPLITS, "--crops", crops, *extra,
+        rc = evaluate.main(["--checkpoint", str(calibrated), "--splits", *SPLITS, "--crops", crops, *extra,
                             "--out", str(final / folder), *dev, *root])
         if rc:
             return rc
-    path = package(final / "best.pt", rules, model_out, final / "eval" / "results.json",
+    path = package(calibrated, rules, model_out, final / "eval" / "results.json",
                    final / "eval-haar" / "results.json", stages)
     print(f"wrote {path}")
     return 0

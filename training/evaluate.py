@@ -1,11 +1,12 @@
-"""Evaluate trained checkpoints on 300-W style splits.
+"""Evaluate trained checkpoints and model files on 300-W style splits.
 
-    python -m training.evaluate --checkpoint runs/hybrid/best.pt [more.pt ...]
+    python -m training.evaluate --checkpoint runs/hybrid/best.pt [more.pt | pyflm/weights/default.pt ...]
         --splits common helen-test lfpw-test [--crops gt|detector [--boxes boxes.json]]
         [--out DIR] [--device cpu|cuda] [--root DATA]
 
 Each model runs on crops of every image (``gt``: the paper's ground-truth crop,
-the rule and size stored in the checkpoint's config; ``detector``: squares from
+the rule and size stored in the checkpoint's config or the model file's meta; a
+model file runs its deployable predictor, calibration offset included; ``detector``: squares from
 face boxes, see below); predictions are mapped back to image pixels with the
 exact inverse of the crop matrix and compared with the original annotation.
 
@@ -54,7 +55,8 @@ from pyflm.metrics import format_table, nme, plot_ced
 from training.dataset import IMAGENET_MEAN, IMAGENET_STD, LandmarkDataset, make_loader
 from training.train import CheckpointError, _atomic_write, _to_float, crop_to_image, load_checkpoint, task_from_checkpoint
 
-__all__ = ["compute_metrics", "predict_split", "evaluate_models", "load_boxes", "main", "METRIC_COLUMNS"]
+__all__ = ["compute_metrics", "predict_split", "evaluate_models", "load_boxes", "model_file_spec", "main",
+           "METRIC_COLUMNS"]
 
 METRIC_COLUMNS = ("nme", "nme_pupils", "nme_box", "eye_nme", "fr@0.08", "fr@0.1", "auc@0.07", "auc@0.08", "auc@0.1")
 
@@ -239,9 +241,49 @@ def _load_rule(path) -> BoxToSquare:
     return BoxToSquare(**data.get("rule", data))
 
 
+def _model_spec(path, device) -> dict:
+    """evaluate_models' entry for a training checkpoint or a pyflm model file
+    (pyflm/weights/default.pt, training.calibrate's output): the latter runs its
+    deployable predictor's network and decoding, calibration offset included."""
+    try:
+        ckpt = load_checkpoint(path, map_location="cpu")
+    except CheckpointError as e:
+        from pyflm import deploy
+
+        try:
+            mf = deploy.load_model_file(path)
+        except deploy.ModelFileError:
+            raise e from None
+        return model_file_spec(mf, device)
+    task, cfg = task_from_checkpoint(ckpt, device)
+    d = cfg["data"]
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if d["normalize"] == "imagenet" else (None, None)
+    return {"predict": task_predictor(task, device), "input_size": int(task.input_size),
+            "crop_scale": d["crop_scale"], "crop_center": d["crop_center"], "mean": mean, "std": std}
+
+
+def model_file_spec(mf: dict, device) -> dict:
+    """evaluate_models' entry for a model-file dict: ground-truth crops by the
+    model's own rule (meta.crop.landmarks), normalised as its meta says."""
+    from pyflm import deploy
+
+    predictor = deploy.build_predictor(mf).to(device).eval()
+    meta = mf["meta"]
+    rule, norm = meta["crop"]["landmarks"], meta["normalize"]
+    if norm.get("network_channels", "rgb") != "rgb":
+        raise ValueError("training.evaluate reads model files whose network takes RGB (meta.normalize.network_channels)")
+
+    def predict(batch):
+        return predictor.decode(predictor.net(batch["image"].to(device)))[0]
+
+    return {"predict": predict, "input_size": int(meta["input_size"]), "crop_scale": float(rule["scale"]),
+            "crop_center": str(rule["center"]), "mean": tuple(norm["mean"]), "std": tuple(norm["std"])}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", nargs="+", required=True, help="one or more checkpoints (best.pt / last.pt)")
+    p.add_argument("--checkpoint", nargs="+", required=True,
+                   help="one or more training checkpoints (best.pt / last.pt) or pyflm model files")
     p.add_argument("--splits", nargs="+", default=["common", "helen-test", "lfpw-test"])
     p.add_argument("--crops", choices=("gt", "detector"), default="gt")
     p.add_argument("--boxes", default=None, help="boxes JSON for --crops detector")
@@ -270,15 +312,10 @@ def main(argv=None) -> int:
                 crops, rule = load_boxes(args.boxes)
         models = {}
         for path in args.checkpoint:
-            ckpt = load_checkpoint(path, map_location="cpu")
-            task, cfg = task_from_checkpoint(ckpt, device)
-            d = cfg["data"]
-            mean, std = (IMAGENET_MEAN, IMAGENET_STD) if d["normalize"] == "imagenet" else (None, None)
             label = Path(path).parent.name or Path(path).stem
             if label in models:
                 label = f"{label}/{Path(path).stem}"
-            models[label] = {"predict": task_predictor(task, device), "input_size": int(task.input_size),
-                             "crop_scale": d["crop_scale"], "crop_center": d["crop_center"], "mean": mean, "std": std}
+            models[label] = _model_spec(path, device)
         extra = None
         if det_stats is not None:
             extra = {"detector": {"name": args.detector, "rule": dataclasses.asdict(rule), "splits": det_stats}}

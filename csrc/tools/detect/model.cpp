@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <opencv2/core/utility.hpp>
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
@@ -79,6 +80,7 @@ struct LandmarkModel::Impl {
   int num_landmarks = 0;
   bool flip_test = false;
   torch::Tensor mirror;  // int64 [K]: point i of a mirrored crop is point mirror[i] of the crop
+  torch::Tensor flip_shift;  // float [K, 2], or undefined: see read_flip_shift
 };
 
 namespace {
@@ -99,6 +101,32 @@ torch::Tensor read_mirror(const nlohmann::json& meta, int k, const std::string& 
   for (size_t i = 0; ok && i < m.size(); ++i) ok = m[i] >= 0 && m[i] < k && m[static_cast<size_t>(m[i])] == static_cast<int64_t>(i);
   if (!ok) throw SetupError(path + ": pyflm.json 'mirror' is not an involutive permutation of " + std::to_string(k) + " points");
   return torch::tensor(m, torch::kInt64);
+}
+
+// The flip test's correction for a model with a calibration offset (pyflm.deploy.decode_offset,
+// meta decode.offset: [K][2] crop px that the graph adds to every point): the mirrored pass comes back
+// carrying (-dx, dy) of point mirror[i] instead of point i's (dx, dy); adding this gives it the latter
+// (pyflm.deploy.flip_shift). Undefined when the model has no offset.
+torch::Tensor read_flip_shift(const nlohmann::json& meta, const torch::Tensor& mirror, int k, const std::string& path) {
+  if (!meta.contains("decode") || !meta.at("decode").contains("offset") || meta.at("decode").at("offset").is_null()) {
+    return {};
+  }
+  std::vector<std::vector<float>> rows;
+  try {
+    rows = meta.at("decode").at("offset").get<std::vector<std::vector<float>>>();
+  } catch (const std::exception& e) {
+    throw SetupError(path + ": pyflm.json decode.offset is not a list of (dx, dy) pairs: " + std::string(e.what()));
+  }
+  bool ok = static_cast<int>(rows.size()) == k;
+  for (size_t i = 0; ok && i < rows.size(); ++i) ok = rows[i].size() == 2 && std::isfinite(rows[i][0]) && std::isfinite(rows[i][1]);
+  if (!ok) throw SetupError(path + ": pyflm.json decode.offset must be " + std::to_string(k) + " finite (dx, dy) pairs");
+  torch::Tensor off = torch::empty({k, 2}, torch::kFloat32);
+  for (int i = 0; i < k; ++i) {
+    off[i][0] = rows[static_cast<size_t>(i)][0];
+    off[i][1] = rows[static_cast<size_t>(i)][1];
+  }
+  torch::Tensor back = off.index_select(0, mirror.to(torch::kCPU));
+  return torch::stack({off.select(1, 0) + back.select(1, 0), off.select(1, 1) - back.select(1, 1)}, 1);
 }
 
 }  // namespace
@@ -149,7 +177,10 @@ LandmarkModel::LandmarkModel(const std::string& path, const std::string& device_
   }
   if (m.input_size <= 0 || m.num_landmarks <= 0) throw SetupError(path + ": pyflm.json has a bad input_size or num_landmarks");
   if (flip_test) {
-    m.mirror = read_mirror(m.meta, m.num_landmarks, path).to(m.device);
+    torch::Tensor mirror = read_mirror(m.meta, m.num_landmarks, path);
+    torch::Tensor shift = read_flip_shift(m.meta, mirror, m.num_landmarks, path);
+    m.mirror = mirror.to(m.device);
+    if (shift.defined()) m.flip_shift = shift.to(m.device);
     m.flip_test = true;
   }
 
@@ -260,6 +291,7 @@ void LandmarkModel::predict(const std::vector<cv::Mat>& crops, std::vector<float
   if (m.flip_test && xy.dim() == 3 && xy.size(0) == 2 * n && sc.dim() == 2 && sc.size(0) == 2 * n) {
     torch::Tensor back = xy.slice(0, n).index_select(1, m.mirror);  // the mirrors' points, re-ordered
     back.select(2, 0).mul_(-1).add_(s - 1);                           // x -> S - 1 - x
+    if (m.flip_shift.defined()) back.add_(m.flip_shift);                  // its calibration offset, unmirrored
     xy = (xy.slice(0, 0, n) + back) * 0.5;
     sc = (sc.slice(0, 0, n) + sc.slice(0, n).index_select(1, m.mirror)) * 0.5;
   }
