@@ -608,6 +608,8 @@ def _model_card(model) -> dict:
     training = meta.get("training") or {}
     if training:
         card["training"] = {"step": training.get("step"), "source": training.get("source")}
+    if "calibration" in meta:  # where the decode.offset was fitted, and what it did there
+        card["calibration"] = meta["calibration"]
     return card
 
 

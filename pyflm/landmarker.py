@@ -19,15 +19,15 @@ Refinement (``refine=N``): after the first prediction, every face is cropped
 again from its predicted landmarks by the training crop rule and predicted
 again, N times. A detector's box is a noisy guess of the training crop; the
 landmarks are a much better one. On the 300-W common set with Haar boxes one
-round lowers the bundled model's NME from 4.13% to 3.89%; from exact tight
-boxes it costs a little (3.70% -> 3.74%). Each round is one more network pass
-per face.
+round (with the flip test) lowers the bundled model's NME from 3.93% to 3.69%;
+from exact tight boxes it costs a little (3.51% -> 3.56%). Each round is one
+more network pass per face.
 
 Flip test (``flip_test=True``, mmpose's ``flip_test``): each crop also runs
 mirrored left-right; that prediction is mirrored back (``x -> S - 1 - x``, the
 scheme's mirror permutation, so point 36 stays the right eye's outer corner)
 and averaged with the plain one. Twice the network cost; on the 300-W common
-set with tight boxes it lowers the bundled model's NME from 3.70% to 3.58%.
+set with tight boxes it lowers the bundled model's NME from 3.62% to 3.51%.
 A model's calibration offset (:func:`pyflm.deploy.decode_offset`) stays what it
 is: the mirrored pass brings it back mirrored, and :func:`pyflm.deploy.flip_shift`
 puts that right.

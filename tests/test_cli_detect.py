@@ -232,6 +232,7 @@ def test_info(capsys):
     assert info["model"]["input_size"] == meta["input_size"] and info["model"]["num_landmarks"] == 68
     assert "non-commercial" in info["model"]["licence"]["weights"] and "devices" in info
     assert info["model"]["box_types"] == sorted(meta["crop"]["boxes"])
+    assert info["model"]["calibration"] == meta["calibration"]  # the bundled model is calibrated: where, what it did
 
 
 def test_bench(capsys):
