@@ -140,3 +140,33 @@ def test_cli_from_checkpoint(tmp_path, split, capsys):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(ck.read_bytes()[:100])
     assert E.main(["--checkpoint", str(bad), "--splits", str(folder)]) == 2
+
+
+@pytest.mark.parametrize("with_offset", [False, True])
+def test_cli_from_model_file(tmp_path, split, with_offset):
+    """A pyflm model file is evaluated through its deployable predictor: the NME
+    is what FaceLandmarker gives from tight boxes (the model's gt crop rule),
+    calibration offset included."""
+    from pyflm import deploy
+    from pyflm.data import tight_box
+    from pyflm.landmarker import FaceLandmarker
+    from pyflm.metrics import nme
+    from tests.test_deploy import _tiny_model_file
+
+    folder, samples = split
+    torch.manual_seed(0)
+    mf = _tiny_model_file("compact", 64)
+    mf["meta"]["crop"]["landmarks"] = {"scale": 1.3, "center": "box"}
+    if with_offset:
+        mf["meta"]["decode"]["offset"] = np.random.default_rng().uniform(-3, 3, (68, 2)).tolist()
+    path = deploy.save_model_file(tmp_path / "m.pt", mf["task"], mf["model_kwargs"], mf["state_dict"], mf["meta"])
+    assert E.main(["--checkpoint", str(path), "--splits", str(folder), "--out", str(tmp_path / "ev"),
+                   "--workers", "0"]) == 0
+    got = json.loads((tmp_path / "ev" / "results.json").read_text())[tmp_path.name][str(folder)]["nme"]
+    lm = FaceLandmarker(model=mf, detector=None, backend="torch")
+    pred = np.stack([lm.detect(s.image_path, boxes=[tight_box(s.landmarks)])[0].landmarks for s in samples])
+    want = nme(pred, np.stack([s.landmarks for s in samples])).mean()
+    assert got == pytest.approx(want, rel=1e-4)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(path.read_bytes()[:100])
+    assert E.main(["--checkpoint", str(bad), "--splits", str(folder)]) == 2

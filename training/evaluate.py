@@ -252,8 +252,8 @@ def _model_spec(path, device) -> dict:
 
         try:
             mf = deploy.load_model_file(path)
-        except deploy.ModelFileError:
-            raise e from None
+        except deploy.ModelFileError as e2:
+            raise CheckpointError(f"{e} / as a model file: {e2}") from None
         return model_file_spec(mf, device)
     task, cfg = task_from_checkpoint(ckpt, device)
     d = cfg["data"]
