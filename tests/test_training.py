@@ -541,3 +541,38 @@ def test_crop_to_image_inverse():
     crop = np.stack([transform_points(m[i], pts[i]) for i in range(3)])
     back = T.crop_to_image(torch.from_numpy(crop), torch.from_numpy(m)).numpy()
     np.testing.assert_allclose(back, pts, atol=1e-9)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="torch.distributed with gloo is not available")
+def test_torchrun_two_processes_on_the_cpu(tmp_path, data_dirs):
+    """The same script under torchrun (2 processes, gloo on the CPU): it trains,
+    rank 0 alone writes the log and checkpoints, the checkpoint holds both
+    ranks' RNG states, and --resume under torchrun continues from it."""
+    import os
+    import subprocess
+    import sys
+
+    train_dir, val_dir = data_dirs
+    cfg = write_config(tmp_path, config_text(train_dir, val_dir, task="compact", steps=4, val_every=2,
+                                             extra_model="width = 0.25\ndecoder_channels = 8"))
+    out = tmp_path / "run"
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+
+    def torchrun(*extra):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+               "training.train", "--config", str(cfg), "--out", str(out), "--device", "cpu", "--no-progress", *extra]
+        return subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+
+    proc = torchrun()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ck = T.load_checkpoint(out / "last.pt")
+    assert ck["step"] == 4 and len(ck["rng"]) == 2 and (out / "best.pt").is_file()
+    rows = read_log(out / "log.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]  # one writer: no duplicated rows
+    assert all(math.isfinite(float(r["loss"])) for r in rows)
+    proc = torchrun("--resume", "--max-steps", "6")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert T.load_checkpoint(out / "last.pt")["step"] == 6
+    assert [int(r["step"]) for r in read_log(out / "log.csv")] == [1, 2, 3, 4, 5, 6]
