@@ -44,13 +44,20 @@ def test_stages_chain_their_weights(calls, tmp_path):
     assert str(calls[-1][1][0]) == calibrated
 
 
-def test_final_file_skips_training(calls, tmp_path):
+def test_final_file_skips_training(calls, tmp_path, capsys):
+    from pyflm import deploy
+
     out = tmp_path / "run"
-    assert bdm.main(["--out", str(out), "--final", "bundled.pt", "--model-out", str(tmp_path / "m.pt")]) == 0
+    final = str(deploy.default_model_path())
+    assert bdm.main(["--out", str(out), "--final", final, "--model-out", str(tmp_path / "m.pt")]) == 0
     assert _trains(calls) == []
     (cal,) = [argv for what, argv in calls if what == "calibrate"]
-    assert cal[cal.index("--model") + 1] == "bundled.pt"
+    assert cal[cal.index("--model") + 1] == final
     assert str(calls[-1][1][0]) == str(out / bdm.STAGES[-1][1] / "calibrated.pt")
+    calls.clear()
+    with pytest.raises(SystemExit):  # a missing file is reported before any step runs
+        bdm.main(["--out", str(out), "--final", str(tmp_path / "nope.pt")])
+    assert calls == [] and "--final: model file not found" in capsys.readouterr().err
 
 
 def test_stage1_file_and_from_stage(calls, tmp_path):

@@ -128,6 +128,11 @@ def main(argv=None) -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--root", default=None, help="data root (default PYFLM_DATA or ../shared/data)")
     args = p.parse_args(argv)
+    if args.final is not None:  # before the minutes of fitting crop rules, not after
+        try:
+            deploy.load_model_file(args.final)
+        except deploy.ModelFileError as e:
+            p.error(f"--final: {e}")
     stages = MODEL_STAGES[args.model]
     model_out = args.model_out or str(deploy.bundled_model_path(args.model))
     out = Path(args.out)
