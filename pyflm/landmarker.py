@@ -325,7 +325,12 @@ class FaceLandmarker:
         with the flip test if asked for (one forward of 2B crops)."""
         if not self.flip_test:
             return self.predictor(x)
-        return self._merge_mirrored(*self.predictor(torch.cat([x, x.flip(2)])))
+        if x.device.type == "cpu":  # mirrored in NumPy: no torch op between ONNX Runtime calls (pyflm.onnx_backend)
+            a = x.numpy()
+            both = torch.from_numpy(np.concatenate([a, a[:, :, ::-1]]))
+        else:
+            both = torch.cat([x, x.flip(2)])
+        return self._merge_mirrored(*self.predictor(both))
 
     def _merge_mirrored(self, c: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The flip test's average: predictions of [crops; mirrored crops]
@@ -397,12 +402,8 @@ class FaceLandmarker:
         coords, scores = [], []
         with torch.inference_mode():
             for i in range(0, len(images), self.max_batch_size):
-                batch = np.stack(images[i:i + self.max_batch_size])
-                if self.flip_test:  # mirrored in NumPy: no torch op between ONNX Runtime calls (pyflm.onnx_backend)
-                    batch = np.concatenate([batch, batch[:, :, ::-1]])
-                c, s = self.predictor(torch.from_numpy(batch).to(self.device))
-                if self.flip_test:
-                    c, s = self._merge_mirrored(c, s)
+                batch = torch.from_numpy(np.stack(images[i:i + self.max_batch_size]))
+                c, s = self._predict(batch.to(self.device))
                 coords.append(c.float().cpu().numpy().astype(np.float64))
                 scores.append(s.float().cpu().numpy())
         return np.concatenate(coords), np.concatenate(scores)
