@@ -192,6 +192,8 @@ BASE = {"model": {"task": "fake"}, "data": {}, "optim": {}, "train": {}}
     ("data", "train", 5, r"data\.train: must be a split name"),
     ("data", "extra_train", "youtube-train", r"data\.extra_train: must be a list"),
     ("model", "num_landmarks", "68", r"model\.num_landmarks: expected int"),
+    ("train", "keep_every", -5, r"train\.keep_every: must be >= 0"),
+    ("train", "keep_every", 1500, r"train\.keep_every: must be a multiple of train\.val_every \(1000\)"),
 ])
 def test_config_errors_name_the_key(section, key, value, match):
     raw = {s: dict(v) for s, v in BASE.items()}
@@ -454,6 +456,16 @@ def test_early_stopping(tmp_path, data_dirs):
     ck = T.load_checkpoint(tmp_path / "es" / "last.pt")
     assert ck["bad_validations"] == 2 and ck["step"] == 3
     assert T.load_checkpoint(tmp_path / "es" / "best.pt")["step"] == 1
+
+
+def test_keep_every_keeps_snapshots(tmp_path, data_dirs):
+    """train.keep_every: the checkpoints of steps 4 and 8 are kept beside last.pt, and are those steps'."""
+    tr, va = data_dirs
+    text = config_text(tr, va, steps=9, val_every=2, extra_train="keep_every = 4")
+    T.train(load_config(write_config(tmp_path, text)), tmp_path / "k", progress=False, device="cpu")
+    kept = sorted(p.name for p in (tmp_path / "k").glob("step_*.pt"))
+    assert kept == ["step_0000004.pt", "step_0000008.pt"]
+    assert [T.load_checkpoint(tmp_path / "k" / n)["step"] for n in kept] == [4, 8]
 
 
 @pytest.mark.parametrize("task", ["fake+disc", "fake2+disc"])

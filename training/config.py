@@ -26,7 +26,9 @@ Sections and keys (defaults in brackets):
          log_every [50], val_batch_size [0 = batch_size], init_from [""]: a
          training checkpoint or pyflm model file whose network weights start
          the run (fine-tuning; same task and shapes; ignored by --resume,
-         which restores everything from last.pt).
+         which restores everything from last.pt); keep_every [0 = off]: also
+         keep the checkpoint of every step that is a multiple of it (and a
+         validation step) as step_NNNNNNN.pt, e.g. for training.average.
 [distill] teacher [""]: a model file or checkpoint of a distribution model
          (same input size, map grid and normalisation) whose maps are mixed
          into the targets (training/distill.py); weight [0.5] in (0, 1]: the
@@ -125,6 +127,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "log_every": _Key(int, 50, check=_pos, desc="> 0"),
         "val_batch_size": _Key(int, 0, check=_nonneg, desc=">= 0"),
         "init_from": _Key(str, ""),
+        "keep_every": _Key(int, 0, check=_nonneg, desc=">= 0"),
     },
     "distill": {
         "teacher": _Key(str, ""),
@@ -201,6 +204,10 @@ def validate_config(raw: dict) -> dict:
         cfg[section] = out
     if cfg["optim"]["lr_milestones"] != sorted(set(cfg["optim"]["lr_milestones"])):
         raise ConfigError("optim.lr_milestones: must be strictly increasing")
+    t = cfg["train"]
+    if t["keep_every"] % t["val_every"]:
+        raise ConfigError(f"train.keep_every: must be a multiple of train.val_every ({t['val_every']}), "
+                          f"got {t['keep_every']} (checkpoints are written at validations)")
     if cfg["optim"]["name"] == "adam" and cfg["optim"]["momentum"]:
         raise ConfigError("optim.momentum: not used by adam (set optim.betas instead)")
     return cfg

@@ -651,6 +651,8 @@ def train(cfg: dict, out_dir, resume: bool = False, max_steps: int | None = None
                     save_checkpoint(out_dir / "last.pt", st)
                     if improved:
                         save_checkpoint(out_dir / "best.pt", st)
+                    if t_cfg["keep_every"] and step % t_cfg["keep_every"] == 0:
+                        save_checkpoint(out_dir / f"step_{step:07d}.pt", st)
                 stop = dd.broadcast_flag(stop)
                 if stop:
                     stopped_early = True
