@@ -76,22 +76,27 @@ def test_stage1_file_and_from_stage(calls, tmp_path):
         bdm.main(["--out", str(out), "--from-stage", "0"])
 
 
-def test_fast_model_is_three_more_stages(calls, tmp_path, monkeypatch):
+def test_fast_model_is_four_more_stages(calls, tmp_path, monkeypatch):
     from pyflm import deploy
 
     monkeypatch.setattr(bdm, "_pruned_init", lambda src, cfg, folder: folder / "pruned.pt")
+    averaged = []
+    monkeypatch.setattr(bdm, "_average_snapshots", lambda cfg, folder, dev, root: averaged.append((cfg, folder)) or 0)
     out = tmp_path / "run"
     stages = bdm.MODEL_STAGES["fast"]
-    assert stages[:-3] == bdm.STAGES and [s[0] for s in stages[-3:]] == [
-        "training/configs/fast.toml", "training/configs/fast_slim.toml", "training/configs/fast_slim_long.toml"]
+    assert stages[:-4] == bdm.STAGES and [s[0] for s in stages[-4:]] == [
+        "training/configs/fast.toml", "training/configs/fast_slim.toml", "training/configs/fast_slim_long.toml",
+        "training/configs/fast_swa.toml"]
     assert bdm.main(["--model", "fast", "--out", str(out), "--from-stage", str(len(bdm.STAGES) + 1)]) == 0
-    assert _trains(calls) == [(stages[-3][0], str(out / "fast"), str(out / "long" / "best.pt")),
-                              (stages[-2][0], str(out / "slim"), str(out / "slim" / "pruned.pt")),
-                              (stages[-1][0], str(out / "slim_long"), str(out / "slim" / "best.pt"))]
+    assert _trains(calls) == [(stages[-4][0], str(out / "fast"), str(out / "long" / "best.pt")),
+                              (stages[-3][0], str(out / "slim"), str(out / "slim" / "pruned.pt")),
+                              (stages[-2][0], str(out / "slim_long"), str(out / "slim" / "best.pt")),
+                              (stages[-1][0], str(out / "swa"), str(out / "slim_long" / "best.pt"))]
+    assert averaged == [(stages[-1][0], out / "swa")]  # after its training, and only for it
     evals = [argv for what, argv in calls if what == "eval"]
     (cal,) = [argv for what, argv in calls if what == "calibrate"]
-    assert cal[cal.index("--model") + 1] == str(out / "slim_long" / "best.pt")
-    assert evals and all(argv[argv.index("--checkpoint") + 1] == str(out / "slim_long" / "calibrated.pt")
+    assert cal[cal.index("--model") + 1] == str(out / "swa" / "averaged.pt")
+    assert evals and all(argv[argv.index("--checkpoint") + 1] == str(out / "swa" / "calibrated.pt")
                          for argv in evals)
     package_args = calls[-1][1]
     assert package_args[2] == str(deploy.bundled_model_path("fast")) and package_args[-1] == stages
@@ -127,3 +132,25 @@ def test_pruned_init_reads_the_configs_expand(tmp_path):
                                  deploy.default_meta("compact", 128, 68, 4))
     path = bdm._pruned_init(str(src), "training/configs/fast_slim.toml", tmp_path / "slim")
     assert path == tmp_path / "slim" / "pruned.pt" and deploy.load_model_file(path)["model_kwargs"]["expand"] == 2.0
+
+
+def test_averaging_stage_averages_its_second_half(tmp_path, monkeypatch, capsys):
+    """_average_snapshots hands training.average the snapshots from max_steps / 2 on,
+    in step order, and fails with a clear message when there are none."""
+    from training import average
+
+    got = []
+    monkeypatch.setattr(average, "main", lambda argv: got.append(argv) or 0)
+    folder = tmp_path / "swa"
+    folder.mkdir()
+    for step in (200, 1200, 2400, 1400):  # fast_swa.toml: 2,400 steps
+        (folder / f"step_{step:07d}.pt").write_bytes(b"")
+    assert bdm._average_snapshots("training/configs/fast_swa.toml", folder, [], []) == 0
+    (argv,) = got
+    models = argv[argv.index("--models") + 1:argv.index("--out")]
+    assert models == [str(folder / f"step_{s:07d}.pt") for s in (1200, 1400, 2400)]
+    assert argv[argv.index("--out") + 1] == str(folder / "averaged.pt")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert bdm._average_snapshots("training/configs/fast_swa.toml", empty, [], []) == 2
+    assert "no snapshots from step 1200 on" in capsys.readouterr().err

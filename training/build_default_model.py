@@ -23,11 +23,15 @@ Steps (each writes under ``--out``; a finished step's outputs are reused with
    pruned to half their hidden width (``training/prune_compact.py``, written
    to ``--out``/slim/pruned.pt) and fine-tuned, into ``--out``/slim; and
    ``training/configs/fast_slim_long.toml``, one more learning-rate cycle,
-   into ``--out``/slim_long (e.g. ``--model fast --from-stage 4`` when the
-   default's stages exist);
+   into ``--out``/slim_long; and ``training/configs/fast_swa.toml``, Adam at a
+   constant learning rate with a snapshot every 200 steps, into ``--out``/swa,
+   whose second half's snapshots ``training.average`` averages into
+   ``--out``/swa/averaged.pt (stochastic weight averaging; e.g. ``--model fast
+   --from-stage 4`` when the default's stages exist);
 3. ``training.fit_detector_crops --detector haar --center box`` on the 300-W
    train images: the Haar box -> crop rule (and the tight-landmark-box rule);
-4. ``training.calibrate`` of the final stage's ``best.pt`` (``--final FILE``:
+4. ``training.calibrate`` of the final stage's ``best.pt`` (``averaged.pt``
+   for an averaging stage; ``--final FILE``:
    of FILE instead, e.g. an existing bundled model, with no training): the
    per-landmark offset fitted on the held-out 10%, into ``calibrated.pt``;
 5. ``training.evaluate`` of ``calibrated.pt`` on the 300-W common, HELEN
@@ -58,11 +62,13 @@ SPLITS = ("common", "helen-test", "lfpw-test")
 STAGES = (("training/configs/default.toml", "."), ("training/configs/default_box.toml", "box"),
           ("training/configs/default_long.toml", "long"))
 PRUNE = "prune"  # a stage's third item: start from the previous weights pruned to its model.expand
+AVERAGE = "average"  # a stage's third item: its weights are the mean of its second half's snapshots (SWA)
 # the bundled models (pyflm.deploy.BUNDLED_MODELS) and their stages: "fast" is the
 # default's network fine-tuned at 128 px from its final stage, then pruned to half
 # the hidden width and fine-tuned in two cycles
 FAST_STAGES = (("training/configs/fast.toml", "fast"), ("training/configs/fast_slim.toml", "slim", PRUNE),
-               ("training/configs/fast_slim_long.toml", "slim_long"))
+               ("training/configs/fast_slim_long.toml", "slim_long"),
+               ("training/configs/fast_swa.toml", "swa", AVERAGE))
 MODEL_STAGES = {"default": STAGES, "fast": STAGES + FAST_STAGES}
 KEPT = ("nme", "eye_nme", "fr@0.08", "fr@0.1", "auc@0.08", "n", "detected", "detection_misses", "detected_fraction")
 
@@ -87,6 +93,26 @@ def _pruned_init(source: str, config: str, folder: Path) -> Path:
     return prune_model_file(source, float(load_config(config)["model"]["expand"]), folder / "pruned.pt")
 
 
+def _weights(stage: tuple, folder: Path) -> Path:
+    """The weights a finished stage hands on: its best.pt, or for an AVERAGE stage averaged.pt."""
+    return folder / ("averaged.pt" if AVERAGE in stage[2:] else "best.pt")
+
+
+def _average_snapshots(config: str, folder: Path, dev: list, root: list) -> int:
+    """training.average of the snapshots (train.keep_every) of the second half of
+    the stage's run, steps >= max_steps / 2 (the first half is SWA's burn-in)."""
+    from training import average
+    from training.config import load_config
+
+    half = load_config(config)["train"]["max_steps"] / 2
+    snaps = sorted(p for p in folder.glob("step_*.pt") if int(p.stem.split("_")[1]) >= half)
+    if not snaps:
+        print(f"training.build_default_model: error: no snapshots from step {half:g} on in {folder} "
+              f"(does {config} set train.keep_every?)", file=sys.stderr)
+        return 2
+    return average.main(["--models", *map(str, snaps), "--out", str(folder / "averaged.pt"), *dev, *root])
+
+
 def package(checkpoint, rules_file, out_file, eval_gt=None, eval_detector=None, stages=STAGES) -> Path:
     """Write the bundled model file from a training checkpoint, the fitted crop
     rules (fit_detector_crops JSON) and evaluation results (evaluate JSON)."""
@@ -104,19 +130,20 @@ def package(checkpoint, rules_file, out_file, eval_gt=None, eval_detector=None, 
     meta["metrics"] = metrics
     meta["metrics_note"] = "fractions; nme = inter-ocular (outer eye corners 36, 45); 300-W test sets"
     meta["licence"] = DATA_LICENCE
-    meta["training"]["source"] = " then ".join(stage[0] + (" (pruned)" if PRUNE in stage[2:] else "")
-                                               for stage in stages)
+    meta["training"]["source"] = " then ".join(
+        stage[0] + (" (pruned)" if PRUNE in stage[2:] else "") + (" (snapshots averaged)" if AVERAGE in stage[2:] else "")
+        for stage in stages)
     return deploy.save_model_file(out_file, mf["task"], mf["model_kwargs"], mf["state_dict"], meta)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.build_default_model", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=sorted(MODEL_STAGES), default="default",
-                   help="which bundled model to build (default: default; fast adds a 128 px stage after it)")
+                   help="which bundled model to build (default: default; fast adds 128 px stages after it)")
     p.add_argument("--out", default="runs/default", help="run folder (default runs/default)")
     p.add_argument("--model-out", default=None,
                    help="model file to write (default: the bundled pyflm/weights/<model>.pt)")
-    p.add_argument("--skip-train", action="store_true", help="use the final stage's best.pt as it is")
+    p.add_argument("--skip-train", action="store_true", help="use the final stage's weights as they are")
     p.add_argument("--stage1", default=None, metavar="FILE",
                    help="start stage 2 from these weights instead of training stage 1 (with --from-stage N: "
                         "start stage N from them)")
@@ -151,12 +178,15 @@ def main(argv=None) -> int:
     elif not args.skip_train:
         for i in range(first - 1, len(stages)):
             init = ([] if i == 0 else
-                    ["--init-from", args.stage1 if (args.stage1 and i == first - 1) else str(folders[i - 1] / "best.pt")])
+                    ["--init-from", args.stage1 if (args.stage1 and i == first - 1)
+                     else str(_weights(stages[i - 1], folders[i - 1]))])
             folder = folders[i]
             resume = ["--resume"] if (folder / "last.pt").is_file() else []  # an interrupted run goes on
             if PRUNE in stages[i][2:] and init and not resume:
                 init = ["--init-from", str(_pruned_init(init[1], stages[i][0], folder))]
             rc = train.main(["--config", stages[i][0], "--out", str(folder), *resume, *dev, *init])
+            if not rc and AVERAGE in stages[i][2:]:
+                rc = _average_snapshots(stages[i][0], folder, dev, root)
             if rc:
                 return rc
     center = load_config(stages[-1][0])["data"]["crop_center"]
@@ -167,7 +197,8 @@ def main(argv=None) -> int:
         if rc:
             return rc
     calibrated = final / "calibrated.pt"
-    rc = calibrate.main(["--model", args.final or str(final / "best.pt"), "--out", str(calibrated), *dev, *root])
+    rc = calibrate.main(["--model", args.final or str(_weights(stages[-1], final)), "--out", str(calibrated),
+                         *dev, *root])
     if rc:
         return rc
     for crops, folder in (("gt", "eval"), ("detector", "eval-haar")):
