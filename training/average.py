@@ -57,16 +57,13 @@ def average_state_dicts(state_dicts: list[dict], names: list[str] | None = None)
     return out
 
 
-def _training_images(cfg: dict, input_size: int, batch_size: int, num_workers: int, root=None):
-    """Augmented image batches of the training split ``cfg`` names, as training sees them."""
-    from training.config import validate_config
+def _training_images(meta: dict, batch_size: int, num_workers: int, root=None):
+    """Augmented image batches of the training split ``meta``'s config names, as training sees them."""
     from training.dataset import make_loader
-    from training.train import build_datasets
+    from training.train import build_datasets, config_of_model
 
-    cfg = validate_config(cfg)
-    if root:
-        cfg["data"]["root"] = str(root)
-    train_ds, _ = build_datasets(cfg, input_size)
+    cfg = config_of_model(meta, root, " to take BatchNorm batches from: give --bn-batches 0")
+    train_ds, _ = build_datasets(cfg, int(meta["input_size"]))
     loader = make_loader(train_ds, batch_size, shuffle=True, num_workers=num_workers, seed=cfg["train"]["seed"])
     return (b["image"] for b in loader)
 
@@ -90,11 +87,9 @@ def average_models(model_files: list[dict], names: list[str] | None = None, bn_b
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
     if bn_batches and has_bn:
         try:
-            cfg = meta["training"]["config"]
-        except KeyError:
-            raise ValueError(f"{names[0]} has no training config (meta.training.config) to take BatchNorm "
-                             "batches from: give --bn-batches 0") from None
-        images = _training_images(cfg, int(meta["input_size"]), batch_size, num_workers, root)
+            images = _training_images(meta, batch_size, num_workers, root)
+        except ValueError as e:
+            raise ValueError(f"{names[0]}: {e}") from None
         torch.optim.swa_utils.update_bn(itertools.islice(images, bn_batches), net, device=torch.device(device))
     net.eval()
     mf["state_dict"] = {k: v.detach().cpu() for k, v in net.state_dict().items()}

@@ -54,17 +54,11 @@ def fit_offset(pred: np.ndarray, gt: np.ndarray, visibility: np.ndarray | None =
 def _validation_set(mf: dict, split: str, root):
     """The ground-truth-crop dataset of ``mf``'s validation set (``split`` =
     "validation": what its training config validated on) or of a named split."""
-    from training.config import validate_config
-    from training.train import build_datasets, _norm
+    from training.train import build_datasets, config_of_model, _norm
     from training.dataset import LandmarkDataset
 
     meta = mf["meta"]
-    try:
-        cfg = validate_config(meta["training"]["config"])
-    except KeyError:
-        raise ValueError("the model file has no training config (meta.training.config): give --split NAME") from None
-    if root:
-        cfg["data"]["root"] = str(root)
+    cfg = config_of_model(meta, root, ": give --split NAME")
     size = int(meta["input_size"])
     if split == "validation":
         return build_datasets(cfg, size)[1], (f"validation set of its training config (data.val = {cfg['data']['val']!r}"

@@ -205,6 +205,19 @@ def build_datasets(cfg: dict, input_size: int) -> tuple[LandmarkDataset, Landmar
     return train_ds, val_ds
 
 
+
+def config_of_model(meta: dict, root=None, hint: str = "") -> dict:
+    """The validated training config a model file's ``meta`` carries, with
+    ``root`` (when given) as data.root; ValueError ending in ``hint`` when
+    the file has none."""
+    try:
+        cfg = validate_config(meta["training"]["config"])
+    except KeyError:
+        raise ValueError(f"the model file has no training config (meta.training.config){hint}") from None
+    if root:
+        cfg["data"]["root"] = str(root)
+    return cfg
+
 # ---------------------------------------------------------------------------
 # checkpoints
 # ---------------------------------------------------------------------------
