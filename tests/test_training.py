@@ -188,6 +188,7 @@ BASE = {"model": {"task": "fake"}, "data": {}, "optim": {}, "train": {}}
     ("optim", "betas", [0.9], r"optim\.betas"),
     ("optim", "momentum", 0.9, r"optim\.momentum: not used by adam"),
     ("data", "augment", "paper3", r"data\.augment: must be one of"),
+    ("data", "warp", "gpu", r"data\.warp: must be one of"),
     ("data", "crop_scale", -1.0, r"data\.crop_scale: must be > 0"),
     ("data", "train", 5, r"data\.train: must be a split name"),
     ("data", "extra_train", "youtube-train", r"data\.extra_train: must be a list"),
@@ -254,6 +255,8 @@ def test_shipped_configs_validate():
     assert dsc["optim"]["name"] == "rmsprop" and dsc["optim"]["momentum"] == 0.9
     assert dsc["optim"]["weight_decay"] == 1e-4 and dsc["data"]["augment"] == "paper2"
     assert dsc["model"]["input_size"] == 256
+    assert dsc["optim"]["lr"] == 1e-4 and dsc["optim"]["lr_gamma"] == 0.1 and len(dsc["optim"]["lr_milestones"]) == 2
+    assert load_config(CONFIG_DIR / "cascade.toml")["model"]["input_size"] == 112  # DAN-style, 3 stages
     assert load_config(CONFIG_DIR / "compact.toml")["model"]["input_size"] == 160
     assert load_config(CONFIG_DIR / "hybrid.toml")["model"]["input_size"] == 224
 
@@ -363,9 +366,11 @@ def test_extra_train_joins_training_only(tmp_path, data_dirs):
 # ---------------------------------------------------------------------------
 
 
-def test_training_lowers_loss(tmp_path, data_dirs):
+@pytest.mark.parametrize("warp", ["cpu", "device"])
+def test_training_lowers_loss(tmp_path, data_dirs, warp):
     tr, va = data_dirs
-    cfg = write_config(tmp_path, config_text(tr, va, steps=30, val_every=15, augment="paper1"))
+    cfg = write_config(tmp_path, config_text(tr, va, steps=30, val_every=15, augment="paper1")
+                       .replace('augment = "paper1"', f'augment = "paper1"\nwarp = "{warp}"'))
     out = tmp_path / "run"
     assert T.main(["--config", str(cfg), "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
     rows = read_log(out / "log.csv")
@@ -385,14 +390,16 @@ def test_training_lowers_loss(tmp_path, data_dirs):
     assert not list(out.glob("*.tmp"))
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_resume_continues_exactly(tmp_path, data_dirs, workers):
+@pytest.mark.parametrize("workers,warp", [(0, "cpu"), (2, "cpu"), (2, "device")])
+def test_resume_continues_exactly(tmp_path, data_dirs, workers, warp):
     """Stop after 4 steps, resume to 8: steps 5..8 (losses, lr, val NME) and
     the final weights equal those of an uninterrupted 8-step run (also with
-    2 persistent workers: augmentation draws depend on (seed, epoch, index) only)."""
+    2 persistent workers: augmentation draws depend on (seed, epoch, index)
+    only; and with the batched device warp, data.warp = "device")."""
     tr, va = data_dirs
     cfg = write_config(tmp_path, config_text(tr, va, steps=8, val_every=4, augment="paper2")
-                       .replace("num_workers = 0", f"num_workers = {workers}"))
+                       .replace("num_workers = 0", f"num_workers = {workers}")
+                       .replace('augment = "paper2"', f'augment = "paper2"\nwarp = "{warp}"'))
     a, b = tmp_path / "a", tmp_path / "b"
     args = ["--config", str(cfg), "--device", "cpu", "--no-progress"]
     assert T.main(args + ["--out", str(a)]) == 0

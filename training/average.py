@@ -65,7 +65,7 @@ def _training_images(meta: dict, batch_size: int, num_workers: int, root=None):
     cfg = config_of_model(meta, root, " to take BatchNorm batches from: give --bn-batches 0")
     train_ds, _ = build_datasets(cfg, int(meta["input_size"]))
     loader = make_loader(train_ds, batch_size, shuffle=True, num_workers=num_workers, seed=cfg["train"]["seed"])
-    return (b["image"] for b in loader)
+    return (train_ds.images(b, "cpu") for b in loader)
 
 
 @torch.no_grad()

@@ -15,6 +15,10 @@ Sections and keys (defaults in brackets):
          set stays that of ``train`` alone, e.g. "youtube-train" frames).
          crop_scale [1.3], crop_center ["centroid"|"box"],
          augment ["paper1"|"paper2"|"none"], normalize ["imagenet"|"none"],
+         warp ["cpu"|"device"]: where training crops are warped, jittered and
+         occluded: in the DataLoader workers, or batched on the training
+         device (the workers only decode and cut out the face's region; for
+         GPUs the workers cannot keep fed),
          max_train_samples / max_val_samples [0 = all] for quick runs.
 [optim]  name ["adam"|"rmsprop"], lr [1e-4], lr_milestones [[] steps],
          lr_gamma [0.1], weight_decay [0], momentum [0] (rmsprop), betas
@@ -99,6 +103,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "crop_scale": _Key(_FLOAT, 1.3, check=_pos, desc="> 0"),
         "crop_center": _Key(str, "centroid", choices=("centroid", "box")),
         "augment": _Key(str, "paper1", choices=("paper1", "paper2", "none")),
+        "warp": _Key(str, "cpu", choices=("cpu", "device")),
         "normalize": _Key(str, "imagenet", choices=("imagenet", "none")),
         "max_train_samples": _Key(int, 0, check=_nonneg, desc=">= 0"),
         "max_val_samples": _Key(int, 0, check=_nonneg, desc=">= 0"),

@@ -12,6 +12,13 @@ Every item is a dict:
 * ``image_landmarks``: float64 [K, 2], the original annotation (image px);
 * ``index``: int, the sample's position in the list.
 
+With ``warp="device"`` (training config ``data.warp``) an augmented item has
+no ``image``: it carries the face's region pasted into a uint8 ``canvas``
+[C, C, 3] with ``crop_to_canvas`` [2, 3], and the packed ``jitter`` and
+``occluders``, and :meth:`LandmarkDataset.images` makes the batch's images
+on the training device in one batched warp (:mod:`pyflm.data.device_warp`).
+Landmarks and matrices are the CPU path's, exactly.
+
 Randomness: the augmentation of a sample draws from
 ``numpy.random.default_rng((seed, epoch, index))``, so a given (epoch, index)
 always yields the same crop, whatever the worker or the number of workers.
@@ -29,7 +36,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pyflm.data import PAPER1, PAPER2, AugmentConfig, Crop, Sample, augment, get_scheme, square_from_landmarks
+from pyflm.data import (PAPER1, PAPER2, AugmentConfig, Crop, Sample, augment, augment_geometry, get_scheme,
+                        sample_params, square_from_landmarks)
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -104,11 +112,16 @@ class LandmarkDataset(Dataset):
 
     def __init__(self, samples: Sequence[Sample], input_size: int, augment_cfg: AugmentConfig | None = None,
                  crop_scale: float = 1.3, crop_center: str = "centroid", mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                 seed: int = 0, crop_fn=None):
+                 seed: int = 0, crop_fn=None, warp: str = "cpu", canvas: int | None = None):
         if len(samples) == 0:
             raise ValueError("LandmarkDataset: no samples")
         if not isinstance(input_size, int) or input_size < 1:
             raise ValueError(f"input_size must be a positive int, got {input_size!r}")
+        if warp not in ("cpu", "device"):
+            raise ValueError(f"warp must be 'cpu' or 'device', got {warp!r}")
+        # device: the canvas holds the region at >= crop resolution for paper-2 zooms and rotations
+        self.warp = warp if augment_cfg is not None else "cpu"
+        self.canvas = int(canvas) if canvas else 3 * input_size
         self.samples = list(samples)
         self.input_size = input_size
         self.augment_cfg = augment_cfg
@@ -132,6 +145,9 @@ class LandmarkDataset(Dataset):
         sample = self.samples[index]
         image = load_image(sample.image_path)
         crop = Crop.from_square(*self.square(sample), self.input_size)
+        k = get_scheme(sample.scheme).num_points
+        if self.warp == "device":
+            return self._device_item(index, epoch, sample, image, crop, k)
         if self.augment_cfg is not None:
             rng = np.random.default_rng((self.seed, int(epoch), index))
             res = augment(image, sample.landmarks, crop.matrix, self.input_size, sample.scheme, rng, self.augment_cfg)
@@ -140,7 +156,6 @@ class LandmarkDataset(Dataset):
             out, pts, matrix = crop.warp(image), crop.to_crop(sample.landmarks), crop.matrix
         x = out.astype(np.float32).transpose(2, 0, 1) / 255.0
         x = (x - self.mean) / self.std
-        k = get_scheme(sample.scheme).num_points
         return {
             "image": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
             "landmarks": torch.from_numpy(np.asarray(pts, dtype=np.float64)),
@@ -149,6 +164,42 @@ class LandmarkDataset(Dataset):
             "image_landmarks": torch.from_numpy(sample.landmarks.copy()),
             "index": index,
         }
+
+
+    def _device_item(self, index: int, epoch: int, sample: Sample, image: np.ndarray, crop: Crop, k: int) -> dict:
+        from pyflm.data.device_warp import cut_region, pack_params
+
+        # the same draw, in the same order, as augment() on the CPU path
+        params = sample_params(np.random.default_rng((self.seed, int(epoch), index)), self.augment_cfg,
+                               self.input_size)
+        matrix, pts = augment_geometry(sample.landmarks, crop.matrix, self.input_size, sample.scheme, params)
+        region, to_region = cut_region(image, matrix, self.input_size, self.canvas)
+        canvas = np.zeros((self.canvas, self.canvas, 3), dtype=np.uint8)
+        canvas[: region.shape[0], : region.shape[1]] = region
+        jitter, occluders = pack_params(params)
+        return {
+            "canvas": torch.from_numpy(canvas),
+            "crop_to_canvas": torch.from_numpy(to_region),
+            "jitter": torch.from_numpy(jitter),
+            "occluders": torch.from_numpy(occluders),
+            "landmarks": torch.from_numpy(np.asarray(pts, dtype=np.float64)),
+            "visibility": torch.ones(k, dtype=torch.float32),
+            "matrix": torch.from_numpy(np.asarray(matrix, dtype=np.float64)),
+            "image_landmarks": torch.from_numpy(sample.landmarks.copy()),
+            "index": index,
+        }
+
+    def images(self, batch: dict, device="cpu") -> torch.Tensor:
+        """The batch's network input ``[B, 3, S, S]`` on ``device``: moved
+        there, or (``warp="device"``) warped, jittered, occluded and
+        normalised there in one batched pass."""
+        if "image" in batch:
+            return batch["image"].to(device, non_blocking=True)
+        from pyflm.data.device_warp import augment_batch
+
+        return augment_batch(batch["canvas"].to(device, non_blocking=True), batch["crop_to_canvas"],
+                             self.input_size, batch["jitter"], batch["occluders"],
+                             self.mean.reshape(-1).tolist(), self.std.reshape(-1).tolist())
 
 
 class ResumableSampler(Sampler):

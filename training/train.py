@@ -200,7 +200,7 @@ def build_datasets(cfg: dict, input_size: int) -> tuple[LandmarkDataset, Landmar
     mean, std = _norm(d)
     common = dict(crop_scale=d["crop_scale"], crop_center=d["crop_center"], mean=mean, std=std)
     train_ds = LandmarkDataset(train_samples, input_size, AUGMENT_PRESETS[d["augment"]], seed=cfg["train"]["seed"],
-                               **common)
+                               warp=d["warp"], **common)
     val_ds = LandmarkDataset(val_samples, input_size, None, **common)
     return train_ds, val_ds
 
@@ -568,7 +568,7 @@ def train(cfg: dict, out_dir, resume: bool = False, max_steps: int | None = None
         }
 
     def detector_update(batch) -> dict:
-        x = batch["image"].to(dev, non_blocking=True)
+        x = train_ds.images(batch, dev)  # data.warp = "device": warped here, batched
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         coords = batch["landmarks"].to(dev, torch.float32)

@@ -11,6 +11,7 @@ from pyflm.data.augment import (
     AugmentParams,
     AugmentResult,
     augment,
+    augment_geometry,
     augmentation_matrix,
     color_jitter,
     occlude,
@@ -59,5 +60,5 @@ __all__ = [
     "invert_affine", "compose_affine", "transform_points", "warp_image", "Crop",
     # augmentation
     "AugmentConfig", "PAPER1", "PAPER2", "AugmentParams", "AugmentResult", "sample_params",
-    "augmentation_matrix", "color_jitter", "occlude", "augment",
+    "augmentation_matrix", "augment_geometry", "color_jitter", "occlude", "augment",
 ]

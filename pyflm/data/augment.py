@@ -28,6 +28,7 @@ __all__ = [
     "AugmentResult",
     "sample_params",
     "augmentation_matrix",
+    "augment_geometry",
     "color_jitter",
     "occlude",
     "augment",
@@ -181,6 +182,17 @@ def occlude(image: np.ndarray, occluders) -> np.ndarray:
     return out
 
 
+def augment_geometry(landmarks, crop_matrix, out_size, scheme, params: AugmentParams) -> tuple[np.ndarray, np.ndarray]:
+    """(matrix 2x3 image px -> output px, landmarks [N, 2] in output px, mirror
+    permuted on a flip): the geometric half of :func:`augment`, for callers
+    that warp the image elsewhere (:mod:`pyflm.data.device_warp`)."""
+    m = compose_affine(augmentation_matrix(params, out_size), crop_matrix)
+    pts = transform_points(m, np.asarray(landmarks, dtype=np.float64))
+    if params.flip:
+        pts = pts[get_scheme(scheme).mirror_array]
+    return m, pts
+
+
 def augment(image: np.ndarray, landmarks, crop_matrix, out_size, scheme, rng: np.random.Generator,
             cfg: AugmentConfig = PAPER1, border_value=0, params: AugmentParams | None = None) -> AugmentResult:
     """Crop and augment one sample.
@@ -197,11 +209,8 @@ def augment(image: np.ndarray, landmarks, crop_matrix, out_size, scheme, rng: np
         raise ValueError(f"landmarks must be [{sch.num_points}, 2] for scheme {sch.name}, got {pts.shape}")
     if params is None:
         params = sample_params(rng, cfg, out_size)
-    m = compose_affine(augmentation_matrix(params, out_size), crop_matrix)
+    m, new_pts = augment_geometry(pts, crop_matrix, out_size, sch.name, params)
     out = warp_image(image, m, _size(out_size), border_value=border_value)
-    new_pts = transform_points(m, pts)
-    if params.flip:
-        new_pts = new_pts[sch.mirror_array]
     if (params.brightness, params.contrast, params.saturation) != (1.0, 1.0, 1.0):
         out = color_jitter(out, params.brightness, params.contrast, params.saturation)
     if params.occluders:
