@@ -212,6 +212,22 @@ def test_cofw_and_aflw2000_mat(tmp_path, rng):
     sio.savemat(tmp_path / "bad.mat", {"other": np.zeros(3)})
     with pytest.raises(ValueError, match=r"bad\.mat: no 'pt3d_68'"):
         read_aflw2000_mat(tmp_path / "bad.mat")
+    with pytest.raises(ValueError, match=r"bad\.mat: no 'phisTr' / 'phisT' array \(keys: \['other'\]\)"):
+        read_cofw_mat(tmp_path / "bad.mat")
+    sio.savemat(tmp_path / "short.mat", {"phisT": phis[:, :80]})
+    with pytest.raises(ValueError, match=r"short\.mat: 'phisT' has shape \(5, 80\), expected \[M, 87\]"):
+        read_cofw_mat(tmp_path / "short.mat")
+    nan = phis.copy()
+    nan[2, 3] = np.nan
+    sio.savemat(tmp_path / "nan.mat", {"phisT": nan})
+    with pytest.raises(ValueError, match=r"nan\.mat"):
+        read_cofw_mat(tmp_path / "nan.mat")
+    (tmp_path / "corrupt.mat").write_bytes(b"MATLAB 5.0 MAT-file" + b"\x00" * 40)
+    for reader in (read_cofw_mat, read_aflw2000_mat):
+        with pytest.raises(ValueError, match=r"corrupt\.mat"):
+            reader(tmp_path / "corrupt.mat")
+    with pytest.raises(FileNotFoundError, match=r"missing\.mat"):
+        read_cofw_mat(tmp_path / "missing.mat")
 
 
 def test_cofw_mat_v73(tmp_path, rng):
@@ -450,3 +466,22 @@ def test_folder_and_300w_private_layout(tmp_path, rng):
     write_pts(tmp_path / "lonely.pts", rng.uniform(0, 100, (68, 2)))
     with pytest.raises(FileNotFoundError, match=r"lonely\.pts: no image"):
         load_folder(tmp_path)
+
+
+def test_every_300w_split_on_a_synthetic_root(tmp_path, rng):
+    """Splits whose folders are not in ../shared/data (ibug: challenging, full)
+    load for a user who has them; each split takes exactly its folders."""
+    counts = {"afw": 2, "helen/trainset": 3, "lfpw/trainset": 1, "helen/testset": 2, "lfpw/testset": 3, "ibug": 4}
+    for sub, n in counts.items():
+        d = tmp_path / "300w" / sub
+        d.mkdir(parents=True)
+        for k in range(n):
+            write_pts(d / f"{sub.replace('/', '_')}_{k}.pts", rng.uniform(0, 100, (68, 2)))
+            (d / f"{sub.replace('/', '_')}_{k}.jpg").write_bytes(b"")
+    want = {"300w-train": 6, "common": 5, "challenging": 4, "full": 9, "helen-test": 2, "lfpw-test": 3, "ibug": 4}
+    for name, n in want.items():
+        samples = load_split(name, root=tmp_path)
+        assert len(samples) == n, name
+    full = load_split("full", root=tmp_path)
+    assert {s.dataset for s in full} == {"helen", "lfpw", "ibug"}
+    assert all(s.image_path.parent.name in ("testset", "ibug") for s in full)

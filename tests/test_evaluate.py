@@ -89,8 +89,9 @@ def test_detector_crops(tmp_path, split):
     (tmp_path / "boxes.json").write_text(json.dumps(boxes))
     lookup, rule = E.load_boxes(tmp_path / "boxes.json")
     res = E.evaluate_models({"m": {"predict": lambda b: b["landmarks"], "input_size": S}}, {"t": samples},
-                            crops=lookup, boxes_rule=rule, verbose=False)
+                            tmp_path / "ev", crops=lookup, boxes_rule=rule, verbose=False)
     assert res["m"]["t"]["nme"] < 1e-12
+    assert json.loads((tmp_path / "ev" / "results.json").read_text())["_meta"]["crops"] == "detector crops"
 
 
 def test_detector_boxes_counts_misses(tmp_path, split):
@@ -130,7 +131,9 @@ def test_cli_from_checkpoint(tmp_path, split, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "| Split | run (%) |" in out
+    assert "crops: ground-truth crops (each model's training crop rule)" in out
     data = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert data["_meta"]["crops"] == "ground-truth crops (each model's training crop rule)"
     m = data["run"][str(folder)]
     assert len(m["per_image"]) == 5 and np.isfinite(m["nme"])
     # the CLI's NME equals the training run's validation NME (same crops, same model)

@@ -240,6 +240,16 @@ def test_parameter_table():
     assert "dsc" in rows
 
 
+def test_parameter_table_command(capsys):
+    from pyflm.models.__main__ import main
+
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "| pwc | 82,947,658 | 82,947,658 | yes |" in out
+    assert "| discriminator | 34,689 | 34,689 | yes |" in out
+    assert "| direct | 178,682,440 | 178,682,440 | yes |" in out
+
+
 def test_discriminator_hidden_size_solves_paper_count():
     # h^2 + 143 h + 1 = 34,689 -> h = 128
     h = (-143 + math.sqrt(143**2 + 4 * (34_689 - 1))) / 2

@@ -142,15 +142,20 @@ def task_predictor(task, device) -> Callable[[dict], torch.Tensor]:
 
 def evaluate_models(models: Mapping[str, dict], splits: Mapping[str, Sequence[Sample]], out_dir=None,
                     crops="gt", boxes_rule: BoxToSquare | None = None, batch_size: int = 16,
-                    verbose: bool = True, num_workers: int = 0, extra_meta: Mapping | None = None) -> dict:
+                    verbose: bool = True, num_workers: int = 0, extra_meta: Mapping | None = None,
+                    crops_label: str | None = None) -> dict:
     """Evaluate several models on several splits.
 
     ``models``: {label: {"predict": callable(batch) -> crop px [B, K, 2],
     "input_size": int, "crop_scale", "crop_center", "mean", "std"}} (the last
     four optional). ``splits``: {name: samples}. Returns {label: {split:
     metrics}} with per-image errors; writes results.json (``extra_meta`` goes
-    into its "_meta") and ced_<split>.png to ``out_dir`` when given."""
+    into its "_meta") and ced_<split>.png to ``out_dir`` when given.
+    ``crops_label`` says which crops these are, in the JSON and above the
+    printed table (default: from ``crops``)."""
     crop_fn = _crop_fn(crops, boxes_rule)
+    if crops_label is None:
+        crops_label = "ground-truth crops" if crops == "gt" else "detector crops"
     results: dict = {}
     for label, spec in models.items():
         results[label] = {}
@@ -169,7 +174,7 @@ def evaluate_models(models: Mapping[str, dict], splits: Mapping[str, Sequence[Sa
                                                  for i, img in enumerate(m["images"])]}
                            for split, m in per.items()}
                    for label, per in results.items()}
-        payload["_meta"] = {"crops": crops if isinstance(crops, str) else "callable",
+        payload["_meta"] = {"crops": crops_label,
                             "metrics": "fractions; nme = outer-eye-corner (inter-ocular) normalised",
                             **(extra_meta or {})}
         _atomic_write(out_dir / "results.json", lambda f: f.write(json.dumps(payload, indent=2).encode()))
@@ -180,6 +185,7 @@ def evaluate_models(models: Mapping[str, dict], splits: Mapping[str, Sequence[Sa
             except ImportError as e:
                 print(f"training.evaluate: no CED plot ({e})", file=sys.stderr)
     if verbose:
+        print(f"crops: {crops_label}")
         print(summary_table(results))
     return results
 
@@ -298,6 +304,7 @@ def main(argv=None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         crops, rule, det_stats = args.crops, None, None
+        crops_label = "ground-truth crops (each model's training crop rule)"
         splits = {name: load_split(name, root=args.root) for name in args.splits}
         out = Path(args.out) if args.out else Path(args.checkpoint[0]).parent / "eval"
         if args.crops == "detector":
@@ -306,10 +313,12 @@ def main(argv=None) -> int:
                 boxes_file = out / f"boxes_{args.detector}.json"
                 splits, det_stats = detector_boxes(splits, args.detector, out_file=boxes_file)
                 crops, _ = load_boxes(boxes_file)
+                crops_label = f"detector crops: {args.detector} face boxes, its fitted crop rule"
             elif args.boxes is None:
                 _crop_fn("detector")
             else:
                 crops, rule = load_boxes(args.boxes)
+                crops_label = f"detector crops: boxes from {args.boxes}"
         models = {}
         for path in args.checkpoint:
             label = Path(path).parent.name or Path(path).stem
@@ -320,7 +329,7 @@ def main(argv=None) -> int:
         if det_stats is not None:
             extra = {"detector": {"name": args.detector, "rule": dataclasses.asdict(rule), "splits": det_stats}}
         results = evaluate_models(models, splits, out, crops=crops, boxes_rule=rule, batch_size=args.batch_size,
-                                  num_workers=args.workers, extra_meta=extra)
+                                  num_workers=args.workers, extra_meta=extra, crops_label=crops_label)
         if det_stats is not None:
             print(f"\n{args.detector} detections (faces missed are not in the NME):")
             for name, st in det_stats.items():
