@@ -11,8 +11,12 @@ model file) to TorchScript, then runs ``pyflm-detect`` once per thread count
 the median over images of the binary's own per-image ``timings_ms.landmarks``
 (crop + forward + decode + mapping back) divided by the faces in the image,
 and the median ``timings_ms.detect``; process start and model load are not in
-it. OMP_WAIT_POLICY=PASSIVE, as the README advises for small machines. Writes
-JSON (atomically) with the machine and versions.
+it. Each row runs under every OpenMP wait policy of ``--wait-policies``:
+``default`` leaves ``OMP_WAIT_POLICY`` unset (what a user gets), ``passive``
+sets it to PASSIVE (the README's advice for a busy machine, where spinning
+threads fight over the cores; on a quiet one it makes libtorch's second thread
+cost more than it gives, since every small parallel region then wakes a
+sleeping thread). Writes JSON (atomically) with the machine and versions.
 """
 
 from __future__ import annotations
@@ -35,14 +39,20 @@ from pyflm.io import write_json_atomic
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "peers"
 
 
-def run_binary(binary: Path, model_ts: Path, images: list[Path], threads: int, boxes_file: Path | None) -> dict:
+WAIT_POLICIES = {"default": None, "passive": "PASSIVE", "active": "ACTIVE"}
+
+
+def run_binary(binary: Path, model_ts: Path, images: list[Path], threads: int, boxes_file: Path | None,
+               wait_policy: str = "default") -> dict:
     from pyflm._cpp_tool import cascade_args  # the cascade file Python's Haar detector reads
 
     args = [str(binary), "--model", str(model_ts), "--ops", str(pyflm.library_path()), *cascade_args([]),
             "--batch", "1", "--threads", str(threads)]
     if boxes_file is not None:
         args += ["--boxes", str(boxes_file)]
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if WAIT_POLICIES[wait_policy] is not None:
+        env["OMP_WAIT_POLICY"] = WAIT_POLICIES[wait_policy]
     proc = subprocess.run([*args, *map(str, images)], capture_output=True, text=True, env=env, timeout=3600)
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"pyflm-detect failed ({proc.returncode}): {proc.stderr[-2000:]}")
@@ -62,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="helen-test")
     p.add_argument("--root", default=None, help="data root (default PYFLM_DATA or ../shared/data)")
     p.add_argument("--model", default="default", help="bundled model name or model file (default: default)")
+    p.add_argument("--wait-policies", nargs="+", choices=sorted(WAIT_POLICIES), default=["default", "passive"],
+                   help="OpenMP wait policies to run under (default: default passive)")
     p.add_argument("--out", default=None,
                    help="JSON to write (default results/peers/cpp_binary_latency.json; "
                         "cpp_binary_latency_<model>.json for another bundled model)")
@@ -90,12 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         model_ts = deploy.export_torchscript(model, Path(tmp) / "m.ts")
         boxes_file = Path(tmp) / "boxes.json"
         boxes_file.write_text(json.dumps({str(i): by_image[i] for i in images}))
-        for threads in (1, 2):
-            for kind, boxes in (("boxes", boxes_file), ("detect", None)):
-                results[f"{threads}thr_{kind}"] = r = run_binary(binary, model_ts, images, threads, boxes)
-                print(f"{threads} thread(s), {kind}: {r}")
+        for policy in a.wait_policies:  # rows keyed "<threads>thr_<boxes|detect>[_<policy>]"
+            for threads in (1, 2):
+                for kind, boxes in (("boxes", boxes_file), ("detect", None)):
+                    key = f"{threads}thr_{kind}" + ("" if policy == "default" else f"_{policy}")
+                    results[key] = r = run_binary(binary, model_ts, images, threads, boxes, policy)
+                    print(f"OMP_WAIT_POLICY {policy}, {threads} thread(s), {kind}: {r}")
     write_json_atomic(a.out, {"what": __doc__.split("\n\n")[2].replace("\n", " "), "split": a.split,
-                              "model": str(model_file),
+                              "model": str(model_file), "wait_policies": a.wait_policies,
                               "binary": str(binary), "machine": common.machine(), "results": results})
     print(f"wrote {a.out}")
     return 0
