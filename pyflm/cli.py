@@ -84,7 +84,7 @@ def _make_landmarker(args, detector="default", num_threads=None):
                               num_threads=num_threads or getattr(args, "threads", None),
                               backend=getattr(args, "backend", "auto"),
                               flip_test=getattr(args, "flip_test", False),
-                              refine=getattr(args, "refine", 0))
+                              refine=getattr(args, "refine", "auto"))
     except (ModelFileError, RuntimeError, ValueError, ImportError) as e:
         raise UsageError(str(e)) from None
 
@@ -470,7 +470,8 @@ def _predict_split(lm, samples, crops: str, min_iou: float, desc: str, quiet: bo
 
     def flush():
         crops, frames, images, targets = zip(*batch)
-        crops, coords, _ = lm._landmarks(list(crops), list(frames), list(images))  # refine=N as detect() does
+        # the training crop is a tight-box crop: its refinement rounds are detect(boxes=tight)'s
+        crops, coords, _ = lm._landmarks(list(crops), list(frames), list(images), lm.refine_rounds("tight"))
         for crop, gt, xy in zip(crops, targets, coords):
             preds.append(crop.to_image(xy))
             gts.append(gt)
@@ -622,6 +623,18 @@ def _add_model_args(p, device=True):
         p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
 
 
+def _refine_arg(text: str):
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= 10:
+        raise argparse.ArgumentTypeError(f"expected auto or an integer 0..10, got {text!r}")
+    return n
+
+
 def _add_backend_arg(p):
     from pyflm.landmarker import BACKENDS
 
@@ -630,9 +643,10 @@ def _add_backend_arg(p):
                         "torch), torch (TorchScript) or onnxruntime (CPU, 1.4-2.2x faster per face than torch)")
     p.add_argument("--flip-test", action="store_true",
                    help="also run each face mirrored and average the two (more accurate, twice the network time)")
-    p.add_argument("--refine", type=int, default=0, metavar="N",
-                   help="re-crop each face from its landmarks and predict again, N times (0-10, default 0): "
-                        "more accurate from detector boxes, one more network pass per round")
+    p.add_argument("--refine", type=_refine_arg, default="auto", metavar="N|auto",
+                   help="re-crop each face from its landmarks and predict again, N times (0-10), or auto (the "
+                        "default): 2 rounds for faces from the face detector or non-tight --box-type boxes, none "
+                        "for tight boxes; more accurate from detector boxes, one more network pass per round")
 
 
 def build_parser() -> argparse.ArgumentParser:

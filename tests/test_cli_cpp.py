@@ -22,6 +22,7 @@ import pyflm
 import pyflm.deploy as deploy
 from pyflm.data.crops import BoxToSquare, Crop
 from pyflm.data.splits import default_data_root
+from pyflm.landmarker import AUTO_REFINE_ROUNDS, FaceLandmarker
 
 SOURCES = Path(__file__).resolve().parents[1] / "csrc" / "tools" / "detect"
 TOLERANCE_PX = 0.05
@@ -426,17 +427,21 @@ def test_detection_video_and_stdout(cli, model_ts, main_run, tmp_path):
     assert all(set(f) == {"path", "frame", "t_s", "width", "height", "faces", "timings_ms"} for f in frames)
 
 
-def test_detected_face_matches_python(cli, model_ts, predictor, tmp_path):
+def test_detected_face_matches_python(cli, model_ts, model_file, predictor, tmp_path):
     """A real photo without given boxes: the Haar boxes equal pyflm.face_detection's
     (same cascade and parameters; where that module exists) and the landmarks
-    equal the Python pipeline's on those boxes with the detector's crop rule."""
+    equal the Python pipeline's on those boxes with the detector's crop rule; by
+    default (--refine auto) after FaceLandmarker's 2 refinement rounds, with
+    --refine 0 straight from the box."""
     real = _real_image()
     if real is None:
         pytest.skip("no 300-W data")
     image = real[0]
     proc = _run(cli, "--model", model_ts, "--ops", _ops(), "--cascade", _cascade(), image)
     assert proc.returncode == 0, proc.stderr
-    (r,) = json.loads(proc.stdout)["images"]
+    doc = json.loads(proc.stdout)
+    (r,) = doc["images"]
+    assert doc["refine"] == "auto"
     assert len(r["faces"]) >= 1
     boxes = np.array([f["box"] for f in r["faces"]])
     try:
@@ -449,8 +454,43 @@ def test_detected_face_matches_python(cli, model_ts, predictor, tmp_path):
         np.testing.assert_allclose([f["detection_score"] for f in r["faces"]], py_scores, rtol=1e-9, atol=1e-12)
     _, meta = deploy.load_torchscript(model_ts)
     rule = "haar" if "haar" in meta["crop"]["boxes"] else "tight"
+    # detected faces get AUTO_REFINE_ROUNDS whatever rule crops them (a fallback 'tight' one too)
+    lm = FaceLandmarker(model=model_file, detector=None, backend="torch", refine=AUTO_REFINE_ROUNDS)
+    refined = np.stack([f.landmarks for f in lm.detect(cv2.imread(str(image)), boxes=boxes, box_type=rule)])
+    got = np.array([f["landmarks"] for f in r["faces"]])
+    assert np.abs(got - refined).max() < TOLERANCE_PX
     pts, _ = _python_landmarks(image, boxes, meta, predictor, box_type=rule)
-    assert np.abs(np.array([f["landmarks"] for f in r["faces"]]) - pts).max() < TOLERANCE_PX
+    assert np.abs(got - pts).max() > 10 * TOLERANCE_PX  # the rounds moved the points (a loose Haar box)
+    proc = _run(cli, "--model", model_ts, "--ops", _ops(), "--cascade", _cascade(), "--refine", "0", image)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["refine"] == 0
+    assert np.abs(np.array([f["landmarks"] for f in doc["images"][0]["faces"]]) - pts).max() < TOLERANCE_PX
+
+
+def test_refine_rounds_on_given_boxes_match_python(cli, model_ts, model_file, tmp_path):
+    """--refine N on given boxes: N rounds for every face, as FaceLandmarker(refine=N);
+    --refine auto leaves tight boxes alone and refines boxes of another --box-type;
+    a bad value is a usage error."""
+    photo = Path(pyflm.__file__).parent / "assets" / "astronaut.jpg"
+    loose = [160.0, 50.0, 290.0, 185.0]  # a detector-like box around the sample face
+    boxes_file = tmp_path / "boxes.json"
+    boxes_file.write_text(json.dumps({str(photo): [loose]}))
+    img = cv2.imread(str(photo))
+    _, meta = deploy.load_torchscript(model_ts)
+    box_types = ["tight"] + (["haar"] if "haar" in meta["crop"]["boxes"] else [])
+    for box_type in box_types:
+        for refine, rounds in (("1", 1), ("auto", 0 if box_type == "tight" else AUTO_REFINE_ROUNDS)):
+            proc = _run(cli, "--model", model_ts, "--ops", _ops(), "--boxes", boxes_file, "--box-type", box_type,
+                        "--refine", refine, photo)
+            assert proc.returncode == 0, proc.stderr
+            got = np.array(json.loads(proc.stdout)["images"][0]["faces"][0]["landmarks"])
+            lm = FaceLandmarker(model=model_file, detector=None, backend="torch", refine=rounds)
+            want = lm.detect(img, boxes=[loose], box_type=box_type)[0].landmarks
+            assert np.abs(got - want).max() < TOLERANCE_PX, (box_type, refine)
+    for bad in ("11", "-1", "x"):
+        proc = _run(cli, "--model", model_ts, "--refine", bad, photo)
+        assert proc.returncode == 2 and "--refine" in proc.stderr
 
 
 def test_large_photo_downscaled_like_python(cli, model_ts, tmp_path):

@@ -247,13 +247,23 @@ def test_eval(capsys):
     if not (default_data_root() / "300w" / "lfpw" / "testset").is_dir():
         pytest.skip("300-W data not present")
     nmes = []
-    for extra in ([], ["--flip-test"], ["--refine", "1"]):
+    settings = ([], ["--flip-test"], ["--refine", "1"], ["--refine", "0"])
+    for extra in settings:
         assert run("eval", "--split", "lfpw-test", "--limit", "6", "--quiet", *extra) == 0
         out = capsys.readouterr().out
-        assert f"flip_test={'--flip-test' in extra}, refine={1 if '--refine' in extra else 0})" in out
+        refine = repr(int(extra[1]) if "--refine" in extra else "auto")
+        assert f"flip_test={'--flip-test' in extra}, refine={refine})" in out
         row = [line for line in out.splitlines() if line.startswith("| lfpw-test")][0]
         nmes.append(float(row.split("|")[2]))
-    assert all(0 < nme < 15 for nme in nmes) and len(set(nmes)) == 3  # each setting changes the landmarks
+    assert all(0 < nme < 15 for nme in nmes) and len(set(nmes[:3])) == 3  # each setting changes the landmarks
+    assert nmes[3] == nmes[0]  # ground-truth crops are tight: "auto" refines them 0 times
+
+
+def test_refine_argument(capsys):
+    for bad in ("11", "-1", "two", "1.5"):
+        with pytest.raises(SystemExit) as e:
+            main(["eval", "--refine", bad])
+        assert e.value.code == 2 and "--refine" in capsys.readouterr().err
 
 
 def test_eval_bad_split(tmp_path, capsys):

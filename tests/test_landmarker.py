@@ -563,6 +563,45 @@ def test_refine_recrops_from_the_landmarks(nodet, astronaut, rng):
             FaceLandmarker(detector=None, refine=bad)
 
 
+def test_refine_auto_rounds_by_box_type(astronaut, rng):
+    """refine="auto" (the default): AUTO_REFINE_ROUNDS rounds for faces from the
+    face detector and from boxes of a non-tight box_type, none for tight boxes;
+    one detect_batch call mixes both, face by face."""
+    from pyflm.face_detection import CallableDetector
+    from pyflm.landmarker import AUTO_REFINE_ROUNDS
+
+    assert AUTO_REFINE_ROUNDS == 2
+    loose = FACE_BOX + np.r_[-18, -10, 14, 22] + rng.uniform(-3, 3, 4)
+    det = CallableDetector(lambda img: ([loose], [0.9]), name="haar")
+    auto = FaceLandmarker(detector=det)
+    assert auto.refine == "auto" and "refine='auto'" in repr(auto)
+    assert [auto.refine_rounds(t) for t in ("tight", "haar", None)] == [0, 2, 2]
+    assert FaceLandmarker(detector=None, refine=1).refine_rounds("tight") == 1
+    by_rounds = {n: FaceLandmarker(detector=None, refine=n) for n in (0, 2)}
+
+    def same(a, b):  # the same crops through the same network: equal to float rounding
+        np.testing.assert_allclose(a.landmarks, b.landmarks, atol=1e-3)
+
+    tight_want = by_rounds[0].detect(astronaut, boxes=[FACE_BOX])[0]
+    haar_want = by_rounds[2].detect(astronaut, boxes=[loose], box_type="haar")[0]
+    assert np.abs(tight_want.landmarks - by_rounds[2].detect(astronaut, boxes=[FACE_BOX])[0].landmarks).max() > 0.01
+    assert np.abs(haar_want.landmarks - by_rounds[0].detect(astronaut, boxes=[loose], box_type="haar")[0]
+                  .landmarks).max() > 0.5  # the rounds matter for a loose box (seen: >= 2)
+    same(auto.detect(astronaut, boxes=[FACE_BOX])[0], tight_want)
+    same(auto.detect(astronaut, boxes=[loose], box_type="haar")[0], haar_want)
+    detected = auto.detect(astronaut)[0]
+    same(detected, haar_want)
+    np.testing.assert_allclose(detected.box, loose)
+    assert detected.detection_score == pytest.approx(0.9)
+    mixed = auto.detect_batch([astronaut, astronaut, astronaut], boxes=[None, [FACE_BOX], [loose, FACE_BOX]])
+    same(mixed[0][0], haar_want)
+    same(mixed[1][0], tight_want)
+    same(mixed[2][1], tight_want)
+    for bad in ("Auto", "2", None):
+        with pytest.raises(ValueError, match="refine"):
+            FaceLandmarker(detector=None, refine=bad)
+
+
 @pytest.mark.skipif(not deploy.bundled_model_path("fast").is_file(), reason="no bundled fast model file")
 def test_fast_bundled_model(nodet, astronaut):
     """model="fast": the bundled 128 px model; the sample face's landmarks land

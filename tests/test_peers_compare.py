@@ -290,7 +290,8 @@ def test_parse_args():
             compare.parse_args(bad)
     a = compare.parse_args([])
     assert compare.pyflm_rows("default", "m.pt", a) == [
-        ("pyflm default (onnxruntime)", {"model": "m.pt", "backend": "onnxruntime", "flip_test": False, "refine": 0})]
+        ("pyflm default (onnxruntime)", {"model": "m.pt", "backend": "onnxruntime", "flip_test": False,
+                                         "refine": "auto"})]  # "plain": FaceLandmarker's defaults
     installed = [n for n in ("default", "fast") if deploy.bundled_model_path(n).is_file()]
     assert a.pyflm_bundled == (installed or ["default"])
     assert compare.parse_args(["--pyflm-bundled", "fast"]).pyflm_bundled == ["fast"]
@@ -298,7 +299,10 @@ def test_parse_args():
     rows = compare.pyflm_rows("x", "m.pt", a)
     assert [row for row, _ in rows] == ["pyflm x", "pyflm x (flip test, refine 2)", "pyflm x (onnxruntime)",
                                         "pyflm x (onnxruntime, flip test, refine 2)"]
-    assert [(o["flip_test"], o["refine"]) for _, o in rows] == [(False, 0), (True, 2)] * 2
+    assert [(o["flip_test"], o["refine"]) for _, o in rows] == [(False, "auto"), (True, 2)] * 2
+    a = compare.parse_args(["--pyflm-options", "refine=0", "flip+refine=auto"])
+    assert [(row, o["flip_test"], o["refine"]) for row, o in compare.pyflm_rows("x", "m.pt", a)] == [
+        ("pyflm x (onnxruntime, refine 0)", False, 0), ("pyflm x (onnxruntime, flip test)", True, "auto")]
 
 
 def test_method_jobs_and_predictions():
@@ -388,7 +392,7 @@ def test_pyflm_adapter_against_the_face_landmarker_api(images, monkeypatch):
                                  {"id": "b", "image": images[1], "detect": True}]})
     finally:
         torch.set_num_threads(threads)
-    assert calls[0] == ("init", "m.pt", "cpu", "default", "torch", 1, False, 0)
+    assert calls[0] == ("init", "m.pt", "cpu", "default", "torch", 1, False, "auto")
     assert calls[1] == ("detect", (120, 160, 3), [[1, 2, 30, 40]], "tight")
     assert calls[2] == ("detect", (120, 160, 3), None, None)  # own detector: one full call
     # then landmarks alone, timed, read with the detector's crop rule (the stand-in has none: tight)

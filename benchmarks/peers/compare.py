@@ -374,8 +374,9 @@ def parse_args(argv=None):
                    help="bundled pyflm models to evaluate (default: every one whose file is installed: "
                         "default, fast)")
     p.add_argument("--pyflm-options", nargs="+", default=["plain"], metavar="OPTS",
-                   help='FaceLandmarker settings, a row each (per backend): "plain" or "+"-joined "flip" '
-                        '(flip_test=True) and "refine=N", e.g. flip+refine=1 (default: plain)')
+                   help='FaceLandmarker settings, a row each (per backend): "plain" (its defaults: no flip test, '
+                        'refine="auto") or "+"-joined "flip" (flip_test=True) and "refine=N" (N in 0..10 or auto), '
+                        'e.g. flip+refine=1 (default: plain)')
     p.add_argument("--pyflm-model", action="append", default=[], metavar="LABEL=PATH",
                    help="also evaluate this pyflm model file (repeatable)")
     p.add_argument("--kernels", choices=("quick", "full", "off"), default="quick",
@@ -420,18 +421,21 @@ def parse_args(argv=None):
 
 
 def parse_pyflm_options(spec: str) -> dict:
-    """ "plain" | "+"-joined "flip" and "refine=N" -> {"flip_test": bool, "refine": int}."""
-    out = {"flip_test": False, "refine": 0}
+    """ "plain" | "+"-joined "flip" and "refine=N" (N in 0..10 or "auto") ->
+    {"flip_test": bool, "refine": int or "auto"}; "plain" is FaceLandmarker's defaults."""
+    out = {"flip_test": False, "refine": "auto"}
     if spec == "plain":
         return out
     for part in spec.split("+"):
         name, _, value = part.partition("=")
         if part == "flip":
             out["flip_test"] = True
+        elif name == "refine" and value == "auto":
+            out["refine"] = value
         elif name == "refine" and value.isdigit() and 0 <= int(value) <= 10:
             out["refine"] = int(value)
         else:
-            raise ValueError(f"{spec!r}: {part!r} is not flip or refine=N (N in 0..10)")
+            raise ValueError(f"{spec!r}: {part!r} is not flip or refine=N (N in 0..10 or auto)")
     return out
 
 
@@ -442,7 +446,7 @@ def pyflm_rows(label: str, model: str, a) -> list[tuple[str, dict]]:
     for backend in a.pyflm_backend:
         for opts in a.pyflm_settings:
             tags = (([backend] if backend != "torch" else []) + (["flip test"] if opts["flip_test"] else [])
-                    + ([f"refine {opts['refine']}"] if opts["refine"] else []))
+                    + ([f"refine {opts['refine']}"] if opts["refine"] != "auto" else []))
             suffix = f" ({', '.join(tags)})" if tags else ""
             rows.append((f"pyflm {label}{suffix}", {"model": model, "backend": backend, **opts}))
     return rows

@@ -226,7 +226,7 @@ class PyflmMethod(Method):
     detect_yields_landmarks = True
 
     def __init__(self, model: str = "default", detector: str = "default", threads: int = 1, backend: str = "torch",
-                 flip_test: bool = False, refine: int = 0):
+                 flip_test: bool = False, refine: int | str = "auto"):
         import torch
 
         torch.set_num_threads(int(threads))
@@ -236,7 +236,7 @@ class PyflmMethod(Method):
             raise ImportError(f"pyflm {pyflm.__version__} at {pyflm.__file__} has no FaceLandmarker yet")
         self.lm = pyflm.FaceLandmarker(model=model, device="cpu", detector=detector, backend=backend,
                                        num_threads=int(threads), flip_test=bool(flip_test),
-                                       refine=int(refine))
+                                       refine=refine if refine == "auto" else int(refine))
         self.versions = {"pyflm": pyflm.__version__, "torch": torch.__version__}
         if backend == "onnxruntime":
             import onnxruntime

@@ -15,6 +15,22 @@ Square box_to_square(const BoxRule& rule, const Box& box) {
   return {(box[0] + box[2]) / 2 + rule.dx * w, (box[1] + box[3]) / 2 + rule.dy * h, rule.scale * size};
 }
 
+bool square_from_landmarks(const LandmarkRule& rule, const std::vector<cv::Point2d>& points, Square& out) {
+  if (points.empty()) return false;
+  double x0 = points[0].x, x1 = x0, y0 = points[0].y, y1 = y0, sx = 0, sy = 0;
+  for (const cv::Point2d& p : points) {
+    if (!std::isfinite(p.x) || !std::isfinite(p.y)) return false;
+    x0 = std::min(x0, p.x), x1 = std::max(x1, p.x), y0 = std::min(y0, p.y), y1 = std::max(y1, p.y);
+    sx += p.x, sy += p.y;
+  }
+  const double extent = std::max(x1 - x0, y1 - y0);
+  if (!(extent > 0)) return false;
+  const double n = static_cast<double>(points.size());
+  if (rule.center == "box") out = {(x0 + x1) / 2, (y0 + y1) / 2, rule.scale * extent};
+  else out = {sx / n, sy / n, rule.scale * extent};
+  return true;
+}
+
 Affine crop_matrix(const Square& s, int out_size) {
   // Same operation order as crops.crop_matrix (translate by -centre, scale the
   // rows by S / side, add (S - 1) / 2), so the matrices agree bit for bit.

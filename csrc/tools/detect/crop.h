@@ -9,6 +9,7 @@
 
 #include <array>
 #include <string>
+#include <vector>
 
 namespace pyflm::cli {
 
@@ -28,6 +29,18 @@ struct BoxRule {
 
 // Throws std::invalid_argument for a box without x1 > x0 and y1 > y0.
 Square box_to_square(const BoxRule& rule, const Box& box);
+
+// meta["crop"]["landmarks"]: the training crop of a face's landmarks, as
+// pyflm.data.crops.square_from_landmarks: side = scale x the larger side of
+// their bounding box, centred at their mean ("centroid") or the box's centre ("box").
+struct LandmarkRule {
+  double scale = 1.3;
+  std::string center = "centroid";
+};
+
+// The square of `rule` around `points`; false (and `out` untouched) when a point
+// is not finite or the points have no extent, as pyflm's refinement keeps the crop then.
+bool square_from_landmarks(const LandmarkRule& rule, const std::vector<cv::Point2d>& points, Square& out);
 
 // Image px -> crop px for `square`, output out_size x out_size:
 // x' = (S / side) (x - cx) + (S - 1) / 2 (same for y).

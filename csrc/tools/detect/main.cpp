@@ -22,6 +22,8 @@ using namespace pyflm::cli;
 
 namespace {
 
+constexpr int kAutoRefineRounds = 2;  // pyflm.landmarker.AUTO_REFINE_ROUNDS
+
 struct Input {
   std::string path;
   bool video;
@@ -96,7 +98,11 @@ int run(const Options& o) {
     }
   }
 
-  Pipeline pipeline(model, given_rule, detector_rule, detector.get(), boxes, o.batch, o.out_dir);
+  // refine "auto" (-1), as pyflm.FaceLandmarker's: rounds for every face but those of tight boxes
+  const int given_rounds = o.refine >= 0 ? o.refine : (o.box_type == "tight" ? 0 : kAutoRefineRounds);
+  const int detector_rounds = o.refine >= 0 ? o.refine : kAutoRefineRounds;
+  Pipeline pipeline(model, given_rule, detector_rule, detector.get(), boxes, o.batch, o.out_dir, given_rounds,
+                    detector_rounds);
   for (const auto& [path, error] : listing_failures) pipeline.add_failure(path, error);
   for (const Input& in : inputs) {
     if (in.video) pipeline.add_video(in.path);
@@ -111,6 +117,7 @@ int run(const Options& o) {
   doc["device"] = model.device();
   doc["box_type"] = o.box_type;
   doc["flip_test"] = model.flip_test();
+  doc["refine"] = o.refine >= 0 ? nlohmann::ordered_json(o.refine) : nlohmann::ordered_json("auto");
   doc["images"] = pipeline.records();
   auto ms = [](double v) { return std::round(v * 100.0) / 100.0; };
   doc["timings_ms"] = {{"decode", ms(t.decode)}, {"detect", ms(t.detect)}, {"landmarks", ms(t.landmarks)},

@@ -257,6 +257,23 @@ BoxRule LandmarkModel::box_rule(const std::string& box_type) const {
   return rule;
 }
 
+LandmarkRule LandmarkModel::landmark_rule() const {
+  const nlohmann::json& meta = impl_->meta;
+  LandmarkRule rule;
+  if (!meta.contains("crop") || !meta["crop"].is_object() || !meta["crop"].contains("landmarks")) return rule;
+  try {
+    const nlohmann::json& r = meta["crop"]["landmarks"];
+    rule.scale = r.value("scale", 1.3);
+    rule.center = r.value("center", std::string("centroid"));
+  } catch (const std::exception& e) {
+    throw SetupError(std::string("bad crop.landmarks rule in the model's metadata: ") + e.what());
+  }
+  if (!(rule.scale > 0) || (rule.center != "centroid" && rule.center != "box")) {
+    throw SetupError("bad crop.landmarks rule in the model's metadata: scale must be > 0 and center 'centroid' or 'box'");
+  }
+  return rule;
+}
+
 void LandmarkModel::predict(const std::vector<cv::Mat>& crops, std::vector<float>& coords, std::vector<float>& scores) {
   Impl& m = *impl_;
   const int64_t n = static_cast<int64_t>(crops.size());

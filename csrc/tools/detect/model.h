@@ -49,6 +49,11 @@ class LandmarkModel {
   BoxRule box_rule(const std::string& box_type) const;
   bool has_box_rule(const std::string& box_type) const;
 
+  // meta["crop"]["landmarks"] (default: scale 1.3 around the centroid, as
+  // pyflm.FaceLandmarker): the crop that refinement rounds cut from a face's
+  // predicted landmarks. Throws SetupError for a bad scale or centre.
+  LandmarkRule landmark_rule() const;
+
   // crops: N uint8 BGR S x S images -> coords [N * K * 2] (crop pixels) and
   // scores [N * K], row-major. Throws std::runtime_error when the model fails.
   void predict(const std::vector<cv::Mat>& crops, std::vector<float>& coords, std::vector<float>& scores);

@@ -11,8 +11,8 @@ const char* usage_text() {
   return
       "usage: pyflm-detect --model FILE.ts [--ops PATH/libpyflm_ops.so] [--device cpu|cuda]\n"
       "                    [--cascade haarcascade_frontalface_default.xml] [--max-side N] [--boxes boxes.json]\n"
-      "                    [--box-type haar|tight] [--batch N] [--flip-test] [--threads N] [--json out.json]\n"
-      "                    [--out-dir DIR] INPUT...\n"
+      "                    [--box-type haar|tight] [--batch N] [--flip-test] [--refine N|auto] [--threads N]\n"
+      "                    [--json out.json] [--out-dir DIR] INPUT...\n"
       "\n"
       "Facial landmarks for every face in images, folders of images (sorted, not\n"
       "recursive) or video files, with a model exported by pyflm (pyflm.deploy.export_torchscript).\n"
@@ -34,6 +34,10 @@ const char* usage_text() {
       "  --batch N         faces per forward call (default 8)\n"
       "  --flip-test       also run each face mirrored and average the two predictions, as\n"
       "                    pyflm's FaceLandmarker(flip_test=True): more accurate, twice the time\n"
+      "  --refine N|auto   re-crop each face from its predicted landmarks (the model's training\n"
+      "                    crop) and predict again, N times (0-10); auto (default): 2 rounds for\n"
+      "                    detected faces and non-tight --box-type boxes, none for tight boxes,\n"
+      "                    as pyflm's FaceLandmarker(refine=\"auto\")\n"
       "  --threads N       CPU threads for libtorch and OpenCV (default: their own)\n"
       "  --json FILE       write the results there (default: standard output)\n"
       "  --out-dir DIR     also write annotated images (box and points) there\n"
@@ -105,6 +109,10 @@ Options parse_args(int argc, char** argv) {
     else if (name == "--box-type") o.box_type = take();
     else if (name == "--batch") o.batch = parse_int(name, take(), 1, 4096);
     else if (name == "--threads") o.threads = parse_int(name, take(), 1, 1024);
+    else if (name == "--refine") {
+      const std::string v = take();
+      o.refine = v == "auto" ? -1 : parse_int(name + " (or auto)", v, 0, 10);
+    }
     else if (name == "--json") o.json = take();
     else if (name == "--out-dir") o.out_dir = take();
     else throw UsageError("unknown option '" + name + "'");

@@ -16,6 +16,7 @@ struct Options {
   std::string box_type = "tight";   // --box-type: the crop rule for --boxes, meta["crop"]["boxes"][box_type]
   int batch = 8;                    // --batch: faces per forward call
   bool flip_test = false;           // --flip-test: also run each crop mirrored, average the two
+  int refine = -1;                  // --refine N | auto (-1): rounds of re-cropping from the landmarks
   int threads = 0;                  // --threads: CPU threads (0: libtorch's / OpenCV's default)
   std::string json;                 // --json: output file (empty: stdout)
   std::string out_dir;              // --out-dir: annotated images

@@ -1,5 +1,6 @@
 #include "pipeline.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -29,8 +30,10 @@ double round_to(double v, int decimals) {
 }  // namespace
 
 Pipeline::Pipeline(LandmarkModel& model, const BoxRule& given_rule, const BoxRule& detector_rule,
-                   HaarDetector* detector, const BoxesMap& boxes, int batch, std::string out_dir)
-    : model_(model), given_rule_(given_rule), detector_rule_(detector_rule), detector_(detector), boxes_(boxes),
+                   HaarDetector* detector, const BoxesMap& boxes, int batch, std::string out_dir, int given_rounds,
+                   int detector_rounds)
+    : model_(model), given_rule_(given_rule), detector_rule_(detector_rule), landmark_rule_(model.landmark_rule()),
+      given_rounds_(given_rounds), detector_rounds_(detector_rounds), detector_(detector), boxes_(boxes),
       batch_(static_cast<size_t>(batch)), out_dir_(std::move(out_dir)) {}
 
 Pipeline::Entry& Pipeline::new_entry(const std::string& path, int frame, double time_s) {
@@ -103,6 +106,7 @@ void Pipeline::find_and_queue_faces(Entry& e, const std::string& suffix) {
   const std::vector<Box>* given = find_boxes(boxes_, e.path, suffix);
   if (given == nullptr && e.frame == 0) given = find_boxes(boxes_, e.path, "");  // a video's key: its first frame
   const BoxRule& rule = given != nullptr ? given_rule_ : detector_rule_;
+  const int rounds = given != nullptr ? given_rounds_ : detector_rounds_;
   if (given != nullptr) {
     for (const Box& b : *given) faces.push_back({b, 1.0});
   } else {
@@ -114,7 +118,7 @@ void Pipeline::find_and_queue_faces(Entry& e, const std::string& suffix) {
   for (const Detection& d : faces) {
     const auto t0 = Clock::now();
     const Affine to_crop = crop_matrix(box_to_square(rule, d.box), s);
-    queue_.push_back({&e, d.box, d.score, invert_affine(to_crop), warp_crop(e.image, to_crop, s)});
+    queue_.push_back({&e, d.box, d.score, invert_affine(to_crop), warp_crop(e.image, to_crop, s), rounds});
     ++e.pending;
     e.ms.landmarks += ms_since(t0);
   }
@@ -135,6 +139,7 @@ void Pipeline::run_batch(size_t count) {
     error = err.what();
   }
   const double share = ms_since(t0) / static_cast<double>(count);
+  const int s = model_.input_size();
   for (size_t i = 0; i < count; ++i) {
     PendingFace& f = queue_.front();
     Entry& e = *f.entry;
@@ -143,11 +148,33 @@ void Pipeline::run_batch(size_t count) {
     if (!error.empty()) {
       if (e.error.empty()) e.error = error;
     } else {
+      std::vector<cv::Point2d> image_points;
+      image_points.reserve(static_cast<size_t>(k));
+      for (int j = 0; j < k; ++j) {
+        const size_t at = i * static_cast<size_t>(k) + static_cast<size_t>(j);
+        image_points.push_back(apply_affine(f.to_image, {coords[2 * at], coords[2 * at + 1]}));
+      }
+      if (f.rounds_left > 0) {  // refine: crop again from these landmarks, back into the queue
+        const auto t1 = Clock::now();
+        PendingFace again = f;  // a face whose points are not finite or all one point keeps its crop, as in Python
+        --again.rounds_left;
+        Square square{};
+        if (square_from_landmarks(landmark_rule_, image_points, square)) {
+          const Affine to_crop = crop_matrix(square, s);
+          again.to_image = invert_affine(to_crop);
+          again.crop = warp_crop(e.image, to_crop, s);
+        }
+        queue_.push_back(std::move(again));
+        ++e.pending;
+        e.ms.landmarks += ms_since(t1);
+        queue_.pop_front();
+        continue;
+      }
       nlohmann::ordered_json points = nlohmann::ordered_json::array(), point_scores = nlohmann::ordered_json::array();
       FaceDrawing drawing{f.box, {}};
       for (int j = 0; j < k; ++j) {
         const size_t at = i * static_cast<size_t>(k) + static_cast<size_t>(j);
-        const cv::Point2d p = apply_affine(f.to_image, {coords[2 * at], coords[2 * at + 1]});
+        const cv::Point2d& p = image_points[static_cast<size_t>(j)];
         points.push_back({round_to(p.x, 3), round_to(p.y, 3)});
         point_scores.push_back(round_to(scores[at], 4));
         drawing.landmarks.push_back(p);
@@ -216,7 +243,7 @@ std::string Pipeline::unique_output_name(const std::string& name) {
 }
 
 void Pipeline::finish() {
-  if (!queue_.empty()) run_batch(queue_.size());
+  while (!queue_.empty()) run_batch(std::min(queue_.size(), batch_));  // refinement rounds queue faces again
   complete_ready();
 }
 

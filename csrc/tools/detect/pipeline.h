@@ -27,8 +27,11 @@ class Pipeline {
  public:
   // given_rule crops the --boxes, detector_rule the detector's boxes; detector may be
   // null when every input has given boxes; out_dir empty: no annotated images.
+  // given_rounds / detector_rounds: refinement rounds for faces of each source (after
+  // a prediction the face is cropped again from its landmarks by the model's
+  // landmark rule and predicted again, as pyflm.FaceLandmarker's refine).
   Pipeline(LandmarkModel& model, const BoxRule& given_rule, const BoxRule& detector_rule, HaarDetector* detector,
-           const BoxesMap& boxes, int batch, std::string out_dir);
+           const BoxesMap& boxes, int batch, std::string out_dir, int given_rounds = 0, int detector_rounds = 0);
 
   void add_image(const std::string& path);
   void add_video(const std::string& path);
@@ -60,6 +63,7 @@ class Pipeline {
     double detection_score;
     Affine to_image;  // crop px -> image px
     cv::Mat crop;
+    int rounds_left;  // refinement rounds still to run after this crop's prediction
   };
 
   Entry& new_entry(const std::string& path, int frame, double time_s);
@@ -71,6 +75,8 @@ class Pipeline {
 
   LandmarkModel& model_;
   BoxRule given_rule_, detector_rule_;
+  LandmarkRule landmark_rule_;
+  int given_rounds_, detector_rounds_;
   HaarDetector* detector_;
   const BoxesMap& boxes_;
   size_t batch_;
