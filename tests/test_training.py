@@ -8,6 +8,7 @@ pyflm.tasks or on the real data."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -463,6 +464,25 @@ def test_early_stopping(tmp_path, data_dirs):
     ck = T.load_checkpoint(tmp_path / "es" / "last.pt")
     assert ck["bad_validations"] == 2 and ck["step"] == 3
     assert T.load_checkpoint(tmp_path / "es" / "best.pt")["step"] == 1
+
+
+def test_max_minutes_stops_at_the_first_check_after_the_budget(tmp_path, data_dirs):
+    """train.max_minutes: a spent budget is seen at the next log_every step, which
+    is validated and checkpointed before the run ends; a generous one changes nothing."""
+    tr, va = data_dirs
+    text = config_text(tr, va, steps=9, val_every=100, extra_train="max_minutes = 1e-9").replace(
+        "log_every = 1", "log_every = 3")
+    summary = T.train(load_config(write_config(tmp_path, text)), tmp_path / "t", progress=False, device="cpu")
+    assert summary["steps"] == 3 and summary["time_limit_reached"] and not summary["stopped_early"]
+    assert T.load_checkpoint(tmp_path / "t" / "last.pt")["step"] == 3
+    assert [r["step"] for r in read_log(tmp_path / "t" / "log.csv") if r["val_nme"]] == ["3"]
+    cfg = write_config(tmp_path, config_text(tr, va, steps=4, val_every=2))
+    assert T.main(["--config", str(cfg), "--out", str(tmp_path / "g"), "--no-progress", "--max-minutes", "60"]) == 0
+    summary = json.loads((tmp_path / "g" / "summary.json").read_text())
+    assert summary["steps"] == 4 and not summary["time_limit_reached"]
+    assert T.main(["--config", str(cfg), "--out", str(tmp_path / "z"), "--no-progress", "--max-minutes", "0"]) == 2
+    with pytest.raises(ConfigError, match="train.max_minutes"):
+        load_config(write_config(tmp_path, config_text(tr, va, extra_train="max_minutes = -1")))
 
 
 def test_keep_every_keeps_snapshots(tmp_path, data_dirs):

@@ -32,7 +32,10 @@ Sections and keys (defaults in brackets):
          the run (fine-tuning; same task and shapes; ignored by --resume,
          which restores everything from last.pt); keep_every [0 = off]: also
          keep the checkpoint of every step that is a multiple of it (and a
-         validation step) as step_NNNNNNN.pt, e.g. for training.average.
+         validation step) as step_NNNNNNN.pt, e.g. for training.average;
+         max_minutes [0 = off]: a wall-clock budget for this invocation's
+         training loop: the first step checked after it is spent (every
+         log_every steps) is validated, checkpointed, and ends the run.
 [distill] teacher [""]: a model file or checkpoint of a distribution model
          (same input size, map grid and normalisation) whose maps are mixed
          into the targets (training/distill.py); weight [0.5] in (0, 1]: the
@@ -133,6 +136,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "val_batch_size": _Key(int, 0, check=_nonneg, desc=">= 0"),
         "init_from": _Key(str, ""),
         "keep_every": _Key(int, 0, check=_nonneg, desc=">= 0"),
+        "max_minutes": _Key(_FLOAT, 0.0, check=_nonneg, desc=">= 0"),
     },
     "distill": {
         "teacher": _Key(str, ""),

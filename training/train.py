@@ -1,7 +1,7 @@
 """Train a landmark task from a TOML config.
 
     python -m training.train --config training/configs/hybrid.toml [--out runs/hybrid]
-                             [--resume] [--max-steps N] [--device cpu|cuda]
+                             [--resume] [--max-steps N] [--max-minutes M] [--device cpu|cuda]
                              [--init-from FILE] [--teacher FILE]
     torchrun --nproc_per_node=N -m training.train --config ...   (DDP, same script)
 
@@ -19,7 +19,11 @@ Every ``train.val_every`` steps (and at the last step) the model is validated
 (mean inter-ocular NME in image pixels on the validation split, predictions
 mapped back through the exact inverse crop), ``last.pt`` is written and, on
 improvement, ``best.pt``; training stops after ``train.patience`` validations
-without improvement. Checkpoints are written atomically (temp file +
+without improvement, or, with ``train.max_minutes`` (``--max-minutes``), at the
+first step checked (every ``log_every`` steps) after that wall-clock budget,
+which is validated and checkpointed first (for runs on a lent machine with a
+fixed time; the budget counts from this invocation's first step, so a resumed
+run gets it afresh). Checkpoints are written atomically (temp file +
 os.replace) and hold only tensors / plain Python values (loadable with
 ``torch.load(weights_only=True)``): model, optimizer(s), scheduler, step,
 sampler position, best metric, RNG states (torch, numpy, python, CUDA, per
@@ -478,7 +482,7 @@ def task_from_checkpoint(ckpt: dict, device="cpu"):
 
 
 def train(cfg: dict, out_dir, resume: bool = False, max_steps: int | None = None, device: str | None = None,
-          progress: bool = True) -> dict:
+          progress: bool = True, max_minutes: float | None = None) -> dict:
     """Train from a validated config; returns a summary dict (also written as
     summary.json). See the module docstring."""
     t_cfg, o_cfg = cfg["train"], cfg["optim"]
@@ -486,7 +490,11 @@ def train(cfg: dict, out_dir, resume: bool = False, max_steps: int | None = None
         if max_steps < 1:
             raise ConfigError(f"--max-steps: must be > 0, got {max_steps}")
         cfg = {**cfg, "train": {**t_cfg, "max_steps": int(max_steps)}}
-        t_cfg = cfg["train"]
+    if max_minutes is not None:
+        if not (math.isfinite(max_minutes) and max_minutes > 0):
+            raise ConfigError(f"--max-minutes: must be > 0, got {max_minutes}")
+        cfg = {**cfg, "train": {**cfg["train"], "max_minutes": float(max_minutes)}}
+    t_cfg = cfg["train"]
     out_dir = Path(out_dir)
     ckpt = None
     if resume:
@@ -595,7 +603,8 @@ def train(cfg: dict, out_dir, resume: bool = False, max_steps: int | None = None
     t0 = time.perf_counter()
     sums: dict[str, torch.Tensor] = {}
     n_sum = 0
-    stopped_early = False
+    stopped_early = time_up = False
+    deadline = t0 + 60.0 * t_cfg["max_minutes"] if t_cfg["max_minutes"] else None
     val_nme = None
     bar = None
     if progress and dd.main:
@@ -630,7 +639,9 @@ def train(cfg: dict, out_dir, resume: bool = False, max_steps: int | None = None
             if bar is not None:
                 bar.update(1)
 
-            is_val = step % t_cfg["val_every"] == 0 or step == max_steps
+            if deadline is not None and step % t_cfg["log_every"] == 0:  # rank 0's clock decides for all
+                time_up = dd.broadcast_flag(time.perf_counter() >= deadline)
+            is_val = step % t_cfg["val_every"] == 0 or step == max_steps or time_up
             if step % t_cfg["log_every"] == 0 or is_val:
                 means = {k: float(v) / n_sum for k, v in sums.items()}
                 sums, n_sum = {}, 0
@@ -670,13 +681,16 @@ def train(cfg: dict, out_dir, resume: bool = False, max_steps: int | None = None
                 if stop:
                     stopped_early = True
                     break
+                if time_up:
+                    break
                 net.train()
     finally:
         if bar is not None:
             bar.close()
         del it
     summary = {"task": cfg["model"]["task"], "steps": step, "best_val_nme": None if math.isinf(best) else best,
-               "best_step": best_step, "stopped_early": stopped_early, "time_s": time.perf_counter() - t0,
+               "best_step": best_step, "stopped_early": stopped_early, "time_limit_reached": time_up,
+               "time_s": time.perf_counter() - t0,
                "val_split": cfg["data"]["val"], "train_samples": len(train_ds), "val_samples": len(val_ds)}
     if dd.main:
         _atomic_write(out_dir / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
@@ -701,6 +715,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="output folder (default runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     p.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="override train.max_minutes: stop (validated and checkpointed) after this much training")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--init-from", default=None, metavar="FILE",
                    help="override train.init_from: start from this checkpoint's or model file's weights")
@@ -716,7 +732,7 @@ def main(argv=None) -> int:
             cfg["distill"]["teacher"] = args.teacher
         out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
         summary = train(cfg, out, resume=args.resume, max_steps=args.max_steps, device=args.device,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, max_minutes=args.max_minutes)
     except (ConfigError, CheckpointError) as e:
         print(f"training.train: error: {e}", file=sys.stderr)
         return 2
