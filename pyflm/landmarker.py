@@ -389,8 +389,8 @@ class FaceLandmarker:
         if boxes is not None:
             b = check_boxes(boxes)
             det = np.ones(len(b))
-            box_type = box_type if box_type is not None else self.box_type
-            box_type = box_type if box_type is not None else "tight"
+            if box_type is None:
+                box_type = self.box_type if self.box_type is not None else "tight"
             rule = self._rule(box_type)
         elif self.detector is None:
             raise ValueError("this FaceLandmarker has no face detector (detector=None): pass boxes=[[x0, y0, x1, y1], ...]")
