@@ -76,7 +76,17 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if any(not 0 <= n <= 10 for n in a.rounds):
         p.error("--rounds: each in 0..10")
-    faces, counts = held_out_faces(a.detector, a.root)
+    from pyflm import deploy
+
+    for m in a.models:  # a missing or damaged model file: one line, before minutes of detection
+        try:
+            deploy.load_model_file(deploy.model_path(m))
+        except deploy.ModelFileError as e:
+            p.error(f"--models: {e}")
+    try:
+        faces, counts = held_out_faces(a.detector, a.root)
+    except (FileNotFoundError, ValueError) as e:
+        p.error(str(e))
     if not faces:
         p.error(f"the {a.detector!r} detector found no held-out face")
     rows = [r for m in a.models for r in measure(m, a.rounds, a.detector, faces)]

@@ -32,3 +32,12 @@ def test_rows_are_the_landmarkers_nme():
     want = np.stack([lm.detect(img, boxes=[b], box_type="haar")[0].landmarks for b in loose])
     assert rows[1]["nme"] == pytest.approx(float(nme(want, np.stack([truth] * 3), norm="corners").mean()), abs=1e-5)
     assert rows[-1]["nme"] < rows[0]["nme"] and rows[1]["nme"] < rows[0]["nme"]
+
+
+def test_bad_input_is_one_line(tmp_path, capsys):
+    for args, what in ((["--models", str(tmp_path / "none.pt")], "none.pt"), (["--root", str(tmp_path)], "300w-train"),
+                       (["--rounds", "11"], "--rounds"), (["--detector", "nope"], "nope")):
+        with pytest.raises(SystemExit) as e:
+            refine_rounds.main([*args, "--out", str(tmp_path / "r.json")])
+        assert e.value.code == 2 and what in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
