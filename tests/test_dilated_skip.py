@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 
 import pytest
@@ -145,13 +146,38 @@ def test_inference_mode_batch_on_threads(compiled):
         torch.set_num_threads(threads)
 
 
+@torch.no_grad()
+def _relu_inputs(ref, x):
+    """The reference's pre-activations in float64 (every layer but the last has a ReLU)."""
+    r = copy.deepcopy(ref).double()
+    feats, pre = [x.detach().double()], []
+    for conv in r.layers[:-1]:
+        pre.append(conv(torch.cat(feats, dim=1)))
+        feats.append(torch.relu(pre[-1]))
+    return pre
+
+
+# float32 sums in two orders differ by up to ~7e-6 here; a pre-activation closer to 0 than
+# that can take ReLU's other branch in one of them, and the gradients then differ by a
+# weight's worth around it (3% of fresh draws did, each with a |pre-activation| < 4e-7).
+KINK_MARGIN = 1e-5
+
+
 def test_default_config_float32(compiled):
+    """float32 at the default size against the reference: outputs, and gradients on a
+    fresh draw whose pre-activations all keep KINK_MARGIN from ReLU's kink (the
+    comparison is ill-posed in float32 closer than that; about 1 draw in 5 qualifies)."""
     blk, ref = _pair(68, None, (1, 1, 2, 4, 8, 16, 32), dtype=torch.float32)
     with torch.no_grad():
         for p in ref.parameters():
             p.mul_(0.1)
     blk.load_state_dict(ref.state_dict())
-    x = torch.randn(1, 68, 20, 18, requires_grad=True)
+    for _ in range(100):
+        x = torch.randn(1, 68, 20, 18, requires_grad=True)
+        if min(float(p.abs().min()) for p in _relu_inputs(ref, x)) > KINK_MARGIN:
+            break
+    else:
+        pytest.fail(f"no draw in 100 kept every pre-activation {KINK_MARGIN} from 0")
     g = torch.randn(1, 68, 20, 18)
     out_r, grads_r = _grads(ref, x, g)
     out_b, grads_b = _grads(blk, x, g)
