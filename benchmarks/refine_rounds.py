@@ -44,7 +44,8 @@ def held_out_faces(detector: str, root=None) -> tuple[list, dict]:
     return faces, {"faces": len(val), "detected": len(faces)}
 
 
-def measure(model: str, rounds: list[int], detector: str, faces: list) -> list[dict]:
+def measure(model: str, rounds: list[int], detector: str, faces: list, model_file: dict | None = None) -> list[dict]:
+    """Rows for ``model`` (a name or path; ``model_file``, its loaded dict, saves reading it again)."""
     from pyflm import FaceLandmarker
     from pyflm.metrics import nme
 
@@ -54,7 +55,7 @@ def measure(model: str, rounds: list[int], detector: str, faces: list) -> list[d
     for n, flip, box_type in settings:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's deprecation notices
-            lm = FaceLandmarker(model=model, detector=None, refine=n, flip_test=flip)
+            lm = FaceLandmarker(model=model_file or model, detector=None, refine=n, flip_test=flip)
         t0 = time.perf_counter()
         pred = np.stack([lm.detect(img, boxes=[box if box_type != "tight" else tight], box_type=box_type)[0]
                          .landmarks for img, box, tight, _ in faces])
@@ -78,9 +79,10 @@ def main(argv=None) -> int:
         p.error("--rounds: each in 0..10")
     from pyflm import deploy
 
-    for m in a.models:  # a missing or damaged model file: one line, before minutes of detection
+    files = {}  # loaded once; a missing or damaged file is one line, before minutes of detection
+    for m in a.models:
         try:
-            deploy.load_model_file(deploy.model_path(m))
+            files[m] = deploy.load_model_file(deploy.model_path(m))
         except deploy.ModelFileError as e:
             p.error(f"--models: {e}")
     try:
@@ -89,7 +91,7 @@ def main(argv=None) -> int:
         p.error(str(e))
     if not faces:
         p.error(f"the {a.detector!r} detector found no held-out face")
-    rows = [r for m in a.models for r in measure(m, a.rounds, a.detector, faces)]
+    rows = [r for m in a.models for r in measure(m, a.rounds, a.detector, faces, files[m])]
     print(f"held-out 300-W training photos, {counts['detected']} of {counts['faces']} faces found by {a.detector}")
     print(markdown_table([{**r, "nme": f"{100 * r['nme']:.2f}%"} for r in rows],
                          ["model", "boxes", "refine", "flip_test", "nme", "ms_per_face"]))

@@ -224,11 +224,7 @@ BoxRule LandmarkModel::box_rule(const std::string& box_type) const {
   const nlohmann::json* boxes = crop_boxes(meta);
   if (box_type == "tight" && (boxes == nullptr || !boxes->contains("tight"))) {
     BoxRule rule;  // the training square: scale x the larger side of the landmarks' box
-    try {
-      rule.scale = meta.at("crop").at("landmarks").value("scale", 1.3);
-    } catch (const std::exception&) {
-      rule.scale = 1.3;
-    }
+    rule.scale = landmark_rule().scale;
     return rule;
   }
   if (boxes == nullptr || !boxes->contains(box_type)) {
