@@ -40,6 +40,10 @@ def test_stages_chain_their_weights(calls, tmp_path):
     assert cal[cal.index("--model") + 1] == f"{folders[-1]}/best.pt" and cal[cal.index("--out") + 1] == calibrated
     evals = [argv for what, argv in calls if what == "eval"]
     assert len(evals) == 2 and all(argv[argv.index("--checkpoint") + 1] == calibrated for argv in evals)
+    # detected faces are evaluated after the refinement rounds detect() gives them by default
+    from pyflm.landmarker import AUTO_REFINE_ROUNDS
+
+    assert "--refine" not in evals[0] and evals[1][evals[1].index("--refine") + 1] == str(AUTO_REFINE_ROUNDS)
     assert [what for what, _ in calls[-4:]] == ["calibrate", "eval", "eval", "package"]
     assert str(calls[-1][1][0]) == calibrated
 
@@ -154,3 +158,32 @@ def test_averaging_stage_averages_its_second_half(tmp_path, monkeypatch, capsys)
     empty.mkdir()
     assert bdm._average_snapshots("training/configs/fast_swa.toml", empty, [], []) == 2
     assert "no snapshots from step 1200 on" in capsys.readouterr().err
+
+
+def test_package_writes_the_card(tmp_path):
+    """package(): crop rules, both evaluations and the refinement rounds of the
+    detector rows go into the model file's meta."""
+    import json
+
+    from pyflm import deploy
+    from pyflm.models.compact import CompactHeatmapNet
+
+    net = CompactHeatmapNet(num_landmarks=68, input_size=128, width=0.5, decoder_channels=16)
+    meta = deploy.default_meta("compact", 128, 68, 4)
+    meta["training"] = {}
+    src = deploy.save_model_file(tmp_path / "src.pt", "compact", net.init_kwargs, net.state_dict(), meta)
+    rules = {"detector": "haar", "rule": {"dx": 0.01, "dy": 0.15, "scale": 1.1, "size": "max"},
+             "tight_rule": {"dx": 0.0, "dy": 0.0, "scale": 1.3, "size": "max"}, "split": "300w-train",
+             "fit": {"detected_fraction": 0.9}}
+    (tmp_path / "rules.json").write_text(json.dumps(rules))
+    common = {"nme": 0.04, "eye_nme": 0.03, "fr@0.08": 0.01, "fr@0.1": 0.0, "auc@0.08": 0.5, "n": 3, "extra": 1}
+    (tmp_path / "gt.json").write_text(json.dumps({"m": {"common": common}, "_meta": {"refine": 0}}))
+    det_stats = {"common": {"faces": 4, "detected": 3, "detection_misses": 1, "detected_fraction": 0.75}}
+    (tmp_path / "det.json").write_text(json.dumps({"m": {"common": common},
+                                                   "_meta": {"refine": 2, "detector": {"splits": det_stats}}}))
+    out = bdm.package(src, tmp_path / "rules.json", tmp_path / "out.pt", tmp_path / "gt.json", tmp_path / "det.json")
+    got = deploy.load_model_file(out)["meta"]
+    assert got["crop"]["boxes"]["haar"] == rules["rule"] and got["crop"]["boxes"]["tight"] == rules["tight_rule"]
+    assert got["metrics"]["gt_crops"]["common"] == {k: v for k, v in common.items() if k != "extra"}
+    assert got["metrics"]["haar_crops"]["common"]["detection_misses"] == 1
+    assert "haar_crops: the detector's boxes by its fitted crop rule, then 2 refinement rounds" in got["metrics_note"]

@@ -173,3 +173,66 @@ def test_cli_from_model_file(tmp_path, split, with_offset):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(path.read_bytes()[:100])
     assert E.main(["--checkpoint", str(bad), "--splits", str(folder)]) == 2
+
+
+def test_refine_recrops_from_the_predictions(tmp_path, split):
+    """refine=N: N more passes, each on the square of the previous pass's
+    predicted landmarks (the model's landmark rule), as FaceLandmarker's
+    refinement does. A fake model that shrinks the shape toward the crop centre
+    and shifts it makes every pass move; the expected points are computed here
+    pass by pass."""
+    from pyflm.data import BoxToSquare, Crop, square_from_landmarks
+
+    _, samples = split
+    c = (S - 1) / 2
+    shift = np.array([1.0, -0.5])
+
+    def predict(batch):  # ground truth (crop px) shrunk by 0.9 about the centre, then shifted
+        return (batch["landmarks"] - c) * 0.9 + c + torch.as_tensor(shift)
+
+    rule = BoxToSquare(dx=0.05, dy=-0.04, scale=1.2)
+    rng = np.random.default_rng()
+    boxes = {}
+    for s in samples:
+        lo, hi = s.landmarks.min(0), s.landmarks.max(0)
+        boxes[str(s.image_path)] = np.array([*(lo - rng.uniform(0, 4, 2)), *(hi + rng.uniform(0, 4, 2))])
+    spec = {"predict": predict, "input_size": S, "crop_scale": 1.3, "crop_center": "box"}
+    got = {}
+    for n in (0, 1, 2):
+        res = E.evaluate_models({"m": spec}, {"t": samples}, tmp_path / f"ev{n}", crops=lambda s: boxes[str(s.image_path)],
+                                boxes_rule=rule, refine=n, verbose=False)
+        got[n] = res["m"]["t"]["per_image"]["nme"]
+        meta = json.loads((tmp_path / f"ev{n}" / "results.json").read_text())["_meta"]
+        assert meta["refine"] == n and (f"{n} refinement round" in meta["crops"]) == (n > 0)
+    for n in (0, 1, 2):
+        want = []
+        for s in samples:
+            square = rule(boxes[str(s.image_path)])
+            for _ in range(n + 1):
+                crop = Crop.from_square(*square, S)
+                pred = crop.to_image((crop.to_crop(s.landmarks) - c) * 0.9 + c + shift)
+                square = square_from_landmarks(pred, 1.3, "box")
+            want.append(np.linalg.norm(pred - s.landmarks, axis=1).mean()
+                        / np.linalg.norm(s.landmarks[36] - s.landmarks[45]))
+        np.testing.assert_allclose(got[n], want, rtol=1e-6)
+    assert not np.allclose(got[0], got[2], rtol=1e-3)  # the passes differ
+    with pytest.raises(ValueError, match="refine"):
+        E.evaluate_models({"m": spec}, {"t": samples}, crops="gt", refine=-1, verbose=False)
+    with pytest.raises(SystemExit):  # a usage error before anything is read
+        E.main(["--checkpoint", "none.pt", "--refine", "-1"])
+
+
+def test_refined_crop_fn_keeps_the_square_of_a_degenerate_prediction(split):
+    from pyflm.data import square_from_landmarks
+
+    _, samples = split
+    pred = np.stack([s.landmarks + 2.0 for s in samples])
+    pred[1] = np.nan
+    pred[2] = 7.0  # all one point
+    fn = E.refined_crop_fn(samples, pred, None, 1.3, "box")
+    assert fn(samples[0]) == pytest.approx(square_from_landmarks(samples[0].landmarks + 2.0, 1.3, "box"))
+    for i in (1, 2):  # no previous crop_fn: the ground-truth rule's square
+        assert fn(samples[i]) == pytest.approx(square_from_landmarks(samples[i].landmarks, 1.3, "box"))
+    prev = E.refined_crop_fn(samples, pred + 5.0, None, 1.3, "box")
+    fn2 = E.refined_crop_fn(samples, pred, prev, 1.3, "box")
+    assert fn2(samples[1]) == pytest.approx(prev(samples[1]))

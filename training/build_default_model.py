@@ -35,7 +35,9 @@ Steps (each writes under ``--out``; a finished step's outputs are reused with
    of FILE instead, e.g. an existing bundled model, with no training): the
    per-landmark offset fitted on the held-out 10%, into ``calibrated.pt``;
 5. ``training.evaluate`` of ``calibrated.pt`` on the 300-W common, HELEN
-   and LFPW test sets, with ground-truth crops and with Haar detector crops;
+   and LFPW test sets, with ground-truth crops and with Haar detector crops
+   followed by the refinement rounds ``FaceLandmarker.detect`` gives detected
+   faces by default (``--refine 2``), so the model card shows what a user gets;
 6. the model file ``pyflm/weights/<model>.pt`` (:mod:`pyflm.deploy` format):
    weights, calibration offset, the fitted crop rules and the measured accuracy
    in its meta, so ``pyflm info`` shows them.
@@ -129,6 +131,10 @@ def package(checkpoint, rules_file, out_file, eval_gt=None, eval_detector=None, 
         metrics[f"{rules['detector']}_crops"] = _metrics(eval_detector)
     meta["metrics"] = metrics
     meta["metrics_note"] = "fractions; nme = inter-ocular (outer eye corners 36, 45); 300-W test sets"
+    if eval_detector:
+        rounds = json.loads(Path(eval_detector).read_text(encoding="utf-8")).get("_meta", {}).get("refine", 0)
+        meta["metrics_note"] += (f"; {rules['detector']}_crops: the detector's boxes by its fitted crop rule, then "
+                                 f"{rounds} refinement round{'' if rounds == 1 else 's'} from the predicted landmarks")
     meta["licence"] = DATA_LICENCE
     meta["training"]["source"] = " then ".join(
         stage[0] + (" (pruned)" if PRUNE in stage[2:] else "") + (" (snapshots averaged)" if AVERAGE in stage[2:] else "")
@@ -201,8 +207,11 @@ def main(argv=None) -> int:
                          *dev, *root])
     if rc:
         return rc
+    from pyflm.landmarker import AUTO_REFINE_ROUNDS
+
     for crops, folder in (("gt", "eval"), ("detector", "eval-haar")):
-        extra = ["--detector", "haar", "--rule", str(rules)] if crops == "detector" else []
+        extra = (["--detector", "haar", "--rule", str(rules), "--refine", str(AUTO_REFINE_ROUNDS)]
+                 if crops == "detector" else [])
         rc = evaluate.main(["--checkpoint", str(calibrated), "--splits", *SPLITS, "--crops", crops, *extra,
                             "--out", str(final / folder), *dev, *root])
         if rc:

@@ -1,7 +1,7 @@
 """Evaluate trained checkpoints and model files on 300-W style splits.
 
     python -m training.evaluate --checkpoint runs/hybrid/best.pt [more.pt | pyflm/weights/default.pt ...]
-        --splits common helen-test lfpw-test [--crops gt|detector [--boxes boxes.json]]
+        --splits common helen-test lfpw-test [--crops gt|detector [--boxes boxes.json]] [--refine N]
         [--out DIR] [--device cpu|cuda] [--root DATA]
 
 Each model runs on crops of every image (``gt``: the paper's ground-truth crop,
@@ -34,6 +34,14 @@ the boxes used are written to ``<out>/boxes_<detector>.json``. Or give
 ``[x_min, y_min, x_max, y_max]``, with an optional ``"__rule__": {"dx": ..,
 "dy": .., "scale": .., "size": "max"}`` (a pyflm.data.BoxToSquare). From
 Python, pass any callable ``sample -> box``.
+
+``--refine N``: after the first pass, N rounds of re-cropping every face from
+its predicted landmarks by the model's own ground-truth crop rule and
+predicting again, as ``FaceLandmarker(refine=N)`` does (``refine="auto"``, its
+default, gives faces from a face detector ``AUTO_REFINE_ROUNDS`` = 2 rounds, so
+``--crops detector --detector haar --refine 2`` measures what ``detect()``
+returns for detected faces). A face whose prediction is not finite or all one
+point keeps its crop.
 """
 
 from __future__ import annotations
@@ -55,7 +63,7 @@ from pyflm.metrics import format_table, nme, plot_ced
 from training.dataset import IMAGENET_MEAN, IMAGENET_STD, LandmarkDataset, make_loader
 from training.train import CheckpointError, _atomic_write, _to_float, crop_to_image, load_checkpoint, task_from_checkpoint
 
-__all__ = ["compute_metrics", "predict_split", "evaluate_models", "load_boxes", "model_file_spec", "main",
+__all__ = ["compute_metrics", "predict_split", "evaluate_models", "load_boxes", "model_file_spec", "refined_crop_fn", "main",
            "METRIC_COLUMNS"]
 
 METRIC_COLUMNS = ("nme", "nme_pupils", "nme_box", "eye_nme", "fr@0.08", "fr@0.1", "auc@0.07", "auc@0.08", "auc@0.1")
@@ -90,6 +98,30 @@ def _crop_fn(crops, boxes_rule=None):
             "detector crops need --detector NAME (with its fitted --rule) or --boxes FILE (JSON: image name -> "
             "[x_min, y_min, x_max, y_max])")
     raise ValueError(f"crops must be 'gt', 'detector' or a callable, got {crops!r}")
+
+
+def _face_key(s: Sample) -> tuple[str, bytes]:
+    """Identifies a face across DataLoader workers (its image and annotation)."""
+    return str(s.image_path), np.ascontiguousarray(s.landmarks, dtype=np.float64).tobytes()
+
+
+def refined_crop_fn(samples: Sequence[Sample], pred: np.ndarray, square_fn, crop_scale: float = 1.3,
+                    crop_center: str = "centroid"):
+    """The crop_fn of one refinement round: each face's square from its
+    predicted landmarks ``pred`` [N, K, 2] (image px, in ``samples`` order) by
+    the landmark crop rule, as FaceLandmarker's refinement does. ``square_fn``:
+    the squares of the previous pass (None: the ground-truth rule), kept for a
+    face whose prediction is not finite or all one point."""
+    from pyflm.data import square_from_landmarks
+
+    squares = {}
+    for s, p in zip(samples, np.asarray(pred, dtype=np.float64)):
+        if np.isfinite(p).all() and np.ptp(p, axis=0).max() > 0:
+            squares[_face_key(s)] = square_from_landmarks(p, crop_scale, crop_center)
+        else:
+            squares[_face_key(s)] = (square_fn(s) if square_fn is not None
+                                     else square_from_landmarks(s.landmarks, crop_scale, crop_center))
+    return lambda s: squares[_face_key(s)]
 
 
 def load_boxes(path) -> tuple[Callable[[Sample], np.ndarray], BoxToSquare]:
@@ -143,7 +175,7 @@ def task_predictor(task, device) -> Callable[[dict], torch.Tensor]:
 def evaluate_models(models: Mapping[str, dict], splits: Mapping[str, Sequence[Sample]], out_dir=None,
                     crops="gt", boxes_rule: BoxToSquare | None = None, batch_size: int = 16,
                     verbose: bool = True, num_workers: int = 0, extra_meta: Mapping | None = None,
-                    crops_label: str | None = None) -> dict:
+                    crops_label: str | None = None, refine: int = 0) -> dict:
     """Evaluate several models on several splits.
 
     ``models``: {label: {"predict": callable(batch) -> crop px [B, K, 2],
@@ -152,17 +184,27 @@ def evaluate_models(models: Mapping[str, dict], splits: Mapping[str, Sequence[Sa
     metrics}} with per-image errors; writes results.json (``extra_meta`` goes
     into its "_meta") and ced_<split>.png to ``out_dir`` when given.
     ``crops_label`` says which crops these are, in the JSON and above the
-    printed table (default: from ``crops``)."""
+    printed table (default: from ``crops``). ``refine``: refinement rounds
+    after the first pass (module docstring)."""
+    if int(refine) != refine or refine < 0:
+        raise ValueError(f"refine must be a whole number of rounds >= 0, got {refine!r}")
     crop_fn = _crop_fn(crops, boxes_rule)
     if crops_label is None:
         crops_label = "ground-truth crops" if crops == "gt" else "detector crops"
+    if refine:
+        crops_label += f", then {int(refine)} refinement round{'s' if refine > 1 else ''} from the predicted landmarks"
     results: dict = {}
     for label, spec in models.items():
         results[label] = {}
+        scale, center = spec.get("crop_scale", 1.3), spec.get("crop_center", "centroid")
         for split, samples in splits.items():
-            pred, gt = predict_split(spec["predict"], samples, spec["input_size"], spec.get("crop_scale", 1.3),
-                                     spec.get("crop_center", "centroid"), spec.get("mean", IMAGENET_MEAN),
-                                     spec.get("std", IMAGENET_STD), batch_size, crop_fn, num_workers)
+            fn = crop_fn
+            for r in range(int(refine) + 1):
+                if r:
+                    fn = refined_crop_fn(samples, pred, fn, scale, center)
+                pred, gt = predict_split(spec["predict"], samples, spec["input_size"], scale, center,
+                                         spec.get("mean", IMAGENET_MEAN), spec.get("std", IMAGENET_STD), batch_size,
+                                         fn, num_workers)
             m = compute_metrics(pred, gt, samples[0].scheme)
             m["images"] = [str(s.image_path) for s in samples]
             results[label][split] = m
@@ -174,7 +216,7 @@ def evaluate_models(models: Mapping[str, dict], splits: Mapping[str, Sequence[Sa
                                                  for i, img in enumerate(m["images"])]}
                            for split, m in per.items()}
                    for label, per in results.items()}
-        payload["_meta"] = {"crops": crops_label,
+        payload["_meta"] = {"crops": crops_label, "refine": int(refine),
                             "metrics": "fractions; nme = outer-eye-corner (inter-ocular) normalised",
                             **(extra_meta or {})}
         _atomic_write(out_dir / "results.json", lambda f: f.write(json.dumps(payload, indent=2).encode()))
@@ -295,12 +337,17 @@ def main(argv=None) -> int:
     p.add_argument("--boxes", default=None, help="boxes JSON for --crops detector")
     p.add_argument("--detector", default=None, help="face detector for --crops detector (e.g. haar)")
     p.add_argument("--rule", default=None, help="fitted box rule JSON (default runs/detector_crops/<detector>.json)")
+    p.add_argument("--refine", type=int, default=0, metavar="N",
+                   help="refinement rounds after the first pass: re-crop each face from its predicted landmarks "
+                        "and predict again, as FaceLandmarker(refine=N) does (default 0)")
     p.add_argument("--out", default=None)
     p.add_argument("--root", default=None, help="data root (default PYFLM_DATA or ../shared/data)")
     p.add_argument("--device", default=None)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers (0 = load in this process)")
     args = p.parse_args(argv)
+    if args.refine < 0:
+        p.error(f"--refine must be >= 0, got {args.refine}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         crops, rule, det_stats = args.crops, None, None
@@ -329,7 +376,8 @@ def main(argv=None) -> int:
         if det_stats is not None:
             extra = {"detector": {"name": args.detector, "rule": dataclasses.asdict(rule), "splits": det_stats}}
         results = evaluate_models(models, splits, out, crops=crops, boxes_rule=rule, batch_size=args.batch_size,
-                                  num_workers=args.workers, extra_meta=extra, crops_label=crops_label)
+                                  num_workers=args.workers, extra_meta=extra, crops_label=crops_label,
+                                  refine=args.refine)
         if det_stats is not None:
             print(f"\n{args.detector} detections (faces missed are not in the NME):")
             for name, st in det_stats.items():
