@@ -421,6 +421,29 @@ def test_resume_continues_exactly(tmp_path, data_dirs, workers, warp):
     assert torch.equal(ca["rng"][0]["torch"], cb["rng"][0]["torch"])
 
 
+def test_resume_with_a_changed_optim_section_uses_it(tmp_path, data_dirs):
+    """--resume with a new [optim] (the warning says the new one is used): the
+    learning rate from the resumed step on is the new schedule's, as in a run
+    that had it from the start, and the new weight decay is in force; the
+    optimizer and scheduler state dicts alone would have kept the old ones."""
+    tr, va = data_dirs
+    old = write_config(tmp_path, config_text(tr, va, steps=10, val_every=5), "old.toml")
+    new_text = (config_text(tr, va, steps=10, val_every=5).replace("lr = 0.01", "lr = 0.02")
+                .replace("lr_milestones = [15]", "lr_milestones = [8]\nweight_decay = 0.001"))
+    new = write_config(tmp_path, new_text, "new.toml")
+    run, straight = tmp_path / "run", tmp_path / "straight"
+    assert T.main(["--config", str(old), "--out", str(run), "--max-steps", "5", "--device", "cpu", "--no-progress"]) == 0
+    with pytest.warns(UserWarning, match=r"\[optim\] differs"):
+        assert T.main(["--config", str(new), "--out", str(run), "--resume", "--device", "cpu", "--no-progress"]) == 0
+    assert T.main(["--config", str(new), "--out", str(straight), "--device", "cpu", "--no-progress"]) == 0
+    got = [float(r["lr"]) for r in read_log(run / "log.csv")]
+    want = [float(r["lr"]) for r in read_log(straight / "log.csv")]
+    assert got[:5] == [pytest.approx(0.01)] * 5  # the old schedule up to the interruption
+    assert got[5:] == pytest.approx(want[5:]) and want[5:] == pytest.approx([0.02, 0.02, 0.002, 0.002, 0.002])
+    groups = torch.load(run / "last.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert all(g["weight_decay"] == 0.001 and g["initial_lr"] == 0.02 for g in groups)
+
+
 def test_resume_sanity_check_is_not_vacuous(tmp_path, data_dirs):
     """A resume that restarted the data stream (consumed = 0) would diverge:
     the test above can fail."""

@@ -29,7 +29,10 @@ os.replace) and hold only tensors / plain Python values (loadable with
 sampler position, best metric, RNG states (torch, numpy, python, CUDA, per
 rank) and the config. ``--resume`` reloads ``<out>/last.pt`` and continues
 exactly: the data stream, augmentation and RNG states are those of the
-uninterrupted run. ``log.csv`` holds step, time, lr, losses and val NME.
+uninterrupted run. Resumed with a config whose ``[optim]`` differs (a new
+learning-rate schedule, say), the run warns and goes on under the new section
+from the resumed step, as if it had had it from the start. ``log.csv`` holds
+step, time, lr, losses and val NME.
 
 Under torchrun (WORLD_SIZE > 1) the process group is initialised from the
 environment, the model is wrapped in DistributedDataParallel, every rank
@@ -48,6 +51,7 @@ import random
 import sys
 import time
 import warnings
+from collections import Counter
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
@@ -338,6 +342,29 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
+def _apply_optim_config(opt: torch.optim.Optimizer, sched, o: dict, lr: float) -> None:
+    """Give a resumed optimizer (and its MultiStepLR ``sched``, or None for a
+    constant ``lr``) the settings of ``o``, an ``[optim]`` section, at the
+    scheduler's current step: the learning rate the schedule gives there,
+    milestones, gamma, weight decay, eps, betas / momentum. Loading their state
+    dicts restores the checkpoint's settings, so without this a changed
+    ``[optim]`` on ``--resume`` would be silently ignored."""
+    now = lr
+    if sched is not None:
+        sched.milestones = Counter(o["lr_milestones"])
+        sched.gamma = o["lr_gamma"]
+        sched.base_lrs = [lr] * len(opt.param_groups)
+        now = lr * o["lr_gamma"] ** sum(1 for m in o["lr_milestones"] if m <= sched.last_epoch)
+    for g in opt.param_groups:
+        g.update(lr=now, initial_lr=lr, weight_decay=o["weight_decay"], eps=o["eps"])
+        if "betas" in g:
+            g["betas"] = tuple(o["betas"])
+        if "momentum" in g:
+            g["momentum"] = o["momentum"]
+    if sched is not None:
+        sched._last_lr = [g["lr"] for g in opt.param_groups]
+
+
 def _make_optimizer(params, o: dict, lr: float) -> torch.optim.Optimizer:
     if o["name"] == "adam":
         return torch.optim.Adam(params, lr=lr, betas=tuple(o["betas"]), eps=o["eps"], weight_decay=o["weight_decay"])
@@ -542,6 +569,10 @@ def train(cfg: dict, out_dir, resume: bool = False, max_steps: int | None = None
         if gan:
             disc.load_state_dict(ckpt["discriminator"])
             disc_opt.load_state_dict(ckpt["disc_optimizer"])
+        if validate_config(ckpt["config"])["optim"] != o_cfg:  # --resume with a changed [optim]: use it
+            _apply_optim_config(opt, sched, o_cfg, o_cfg["lr"])
+            if gan:
+                _apply_optim_config(disc_opt, None, o_cfg, o_cfg["disc_lr"] or o_cfg["lr"])
         step, consumed = int(ckpt["step"]), int(ckpt["consumed"])
         best = float(ckpt["best_metric"]) if ckpt["best_metric"] is not None else math.inf
         best_step, bad_vals = int(ckpt["best_step"]), int(ckpt["bad_validations"])
