@@ -442,6 +442,12 @@ def test_resume_with_a_changed_optim_section_uses_it(tmp_path, data_dirs):
     assert got[5:] == pytest.approx(want[5:]) and want[5:] == pytest.approx([0.02, 0.02, 0.002, 0.002, 0.002])
     groups = torch.load(run / "last.pt", weights_only=True)["optimizer"]["param_groups"]
     assert all(g["weight_decay"] == 0.001 and g["initial_lr"] == 0.02 for g in groups)
+    # another optimizer cannot take this one's state: a clear error, nothing trained or written
+    other = write_config(tmp_path, new_text.replace('name = "adam"', 'name = "rmsprop"'), "other.toml")
+    before = (run / "last.pt").read_bytes()
+    with pytest.raises(T.ConfigError, match="optim.name is 'rmsprop'.*trained with 'adam'"):
+        T.train(load_config(other), run, resume=True, progress=False, device="cpu")
+    assert (run / "last.pt").read_bytes() == before
 
 
 def test_resume_sanity_check_is_not_vacuous(tmp_path, data_dirs):

@@ -527,6 +527,10 @@ def train(cfg: dict, out_dir, resume: bool = False, max_steps: int | None = None
     if resume:
         ckpt = load_checkpoint(out_dir / "last.pt")
         old = validate_config(ckpt["config"])
+        if old["optim"]["name"] != o_cfg["name"]:  # one optimizer's state means nothing to another
+            raise ConfigError(f"--resume: optim.name is {o_cfg['name']!r} but {out_dir / 'last.pt'} was trained with "
+                              f"{old['optim']['name']!r}; its optimizer state cannot carry over (start a new run "
+                              f"with --init-from {out_dir / 'last.pt'})")
         for sec in ("model", "data", "optim"):
             if old[sec] != cfg[sec]:
                 warnings.warn(f"--resume: [{sec}] differs from the checkpoint's config; using the new one", stacklevel=2)
