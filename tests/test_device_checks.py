@@ -97,3 +97,49 @@ def test_bad_argument_and_missing_pack(tmp_path):
                           timeout=120)
     assert proc.returncode == 1 and "pack_data" in proc.stdout
     assert (tmp_path / "o" / "results.tar.gz").is_file()
+
+
+def _env(tmp_path: Path, **extra) -> dict:
+    return {**os.environ, "PYFLM_DEVICE": "cpu", "OUT": str(tmp_path / "out"), "PYTHON": sys.executable,
+            "TMPDIR": str(tmp_path), **extra}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a bash script for the lent Linux machine")
+def test_deadline_stops_a_stage_and_the_archive_keeps_what_finished(tmp_path):
+    """A stage still running at --deadline is stopped (rc 124) and the archive,
+    rewritten after every stage, holds the stages before it and its log."""
+    import time
+
+    t0 = time.monotonic()
+    proc = subprocess.run(["bash", str(SCRIPT), "--stages", "ops", "--deadline", "25"], capture_output=True,
+                          text=True, env=_env(tmp_path), timeout=300)
+    took = time.monotonic() - t0
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert took < 60  # run_ops on the CPU alone takes minutes
+    with tarfile.open(tmp_path / "out" / "results.tar.gz") as tar:
+        steps = dict(line.split("\t")[:2] for line in tar.extractfile("./steps.tsv").read().decode().splitlines()[1:])
+        log = tar.extractfile("./logs/ops_cpu.log").read().decode()
+    assert steps == {"facts": "0", "ops_cpu": "124"} and "stopped at --deadline 25" in log
+    assert not list((tmp_path / "out").glob(".results*"))  # no half-written archive left
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a bash script for the lent Linux machine")
+def test_deadline_shares_the_training_time_and_skips_what_cannot_fit(tmp_path):
+    pack = _pack(tmp_path)
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(CONFIG.replace("max_steps = 1000", "max_steps = 2"))
+    args = ["bash", str(SCRIPT), "--stages", "train", "--configs", str(cfg), "--minutes", "5", "--batch", "2",
+            "--workers", "0"]
+    # 200 s, 60 s of overhead per config: one config gets (200 - ~10 - 60) / 60, about 2 minutes, not 5
+    proc = subprocess.run(args + ["--deadline", "200"], capture_output=True, text=True, timeout=600,
+                          env=_env(tmp_path, PYFLM_DEVDATA=str(pack), TRAIN_OVERHEAD_S="60"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    minutes = float(proc.stdout.split("--max-minutes ")[1].split()[0])
+    assert 1.5 < minutes < 2.2
+    # under 30 s per config left: skipped, rc 124, nothing trained
+    proc = subprocess.run(args + ["--deadline", "60"], capture_output=True, text=True, timeout=600,
+                          env=_env(tmp_path, PYFLM_DEVDATA=str(pack), TRAIN_OVERHEAD_S="60", OUT=str(tmp_path / "o2")))
+    assert proc.returncode == 1 and "tiny skipped" in proc.stdout
+    with tarfile.open(tmp_path / "o2" / "results.tar.gz") as tar:
+        assert "train_tiny\t124" in tar.extractfile("./steps.tsv").read().decode()
+    assert not (tmp_path / "o2" / "tiny_best.pt").exists()
