@@ -199,8 +199,8 @@ def test_refine_recrops_from_the_predictions(tmp_path, split):
     spec = {"predict": predict, "input_size": S, "crop_scale": 1.3, "crop_center": "box"}
     got = {}
     for n in (0, 1, 2):
-        res = E.evaluate_models({"m": spec}, {"t": samples}, tmp_path / f"ev{n}", crops=lambda s: boxes[str(s.image_path)],
-                                boxes_rule=rule, refine=n, verbose=False)
+        res = E.evaluate_models({"m": spec}, {"t": samples}, tmp_path / f"ev{n}",
+                                crops=lambda s: boxes[str(s.image_path)], boxes_rule=rule, refine=n, verbose=False)
         got[n] = res["m"]["t"]["per_image"]["nme"]
         meta = json.loads((tmp_path / f"ev{n}" / "results.json").read_text())["_meta"]
         assert meta["refine"] == n and (f"{n} refinement round" in meta["crops"]) == (n > 0)

@@ -432,7 +432,8 @@ def test_resume_with_a_changed_optim_section_uses_it(tmp_path, data_dirs):
                 .replace("lr_milestones = [15]", "lr_milestones = [8]\nweight_decay = 0.001"))
     new = write_config(tmp_path, new_text, "new.toml")
     run, straight = tmp_path / "run", tmp_path / "straight"
-    assert T.main(["--config", str(old), "--out", str(run), "--max-steps", "5", "--device", "cpu", "--no-progress"]) == 0
+    assert T.main(["--config", str(old), "--out", str(run), "--max-steps", "5", "--device", "cpu",
+                   "--no-progress"]) == 0
     with pytest.warns(UserWarning, match=r"\[optim\] differs"):
         assert T.main(["--config", str(new), "--out", str(run), "--resume", "--device", "cpu", "--no-progress"]) == 0
     assert T.main(["--config", str(new), "--out", str(straight), "--device", "cpu", "--no-progress"]) == 0

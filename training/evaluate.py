@@ -63,8 +63,8 @@ from pyflm.metrics import format_table, nme, plot_ced
 from training.dataset import IMAGENET_MEAN, IMAGENET_STD, LandmarkDataset, make_loader
 from training.train import CheckpointError, _atomic_write, _to_float, crop_to_image, load_checkpoint, task_from_checkpoint
 
-__all__ = ["compute_metrics", "predict_split", "evaluate_models", "load_boxes", "model_file_spec", "refined_crop_fn", "main",
-           "METRIC_COLUMNS"]
+__all__ = ["compute_metrics", "predict_split", "evaluate_models", "load_boxes", "model_file_spec", "refined_crop_fn",
+           "main", "METRIC_COLUMNS"]
 
 METRIC_COLUMNS = ("nme", "nme_pupils", "nme_box", "eye_nme", "fr@0.08", "fr@0.1", "auc@0.07", "auc@0.08", "auc@0.1")
 
