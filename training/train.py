@@ -573,7 +573,7 @@ def train(cfg: dict, out_dir, resume: bool = False, max_steps: int | None = None
         if gan:
             disc.load_state_dict(ckpt["discriminator"])
             disc_opt.load_state_dict(ckpt["disc_optimizer"])
-        if validate_config(ckpt["config"])["optim"] != o_cfg:  # --resume with a changed [optim]: use it
+        if old["optim"] != o_cfg:  # --resume with a changed [optim]: use it
             _apply_optim_config(opt, sched, o_cfg, o_cfg["lr"])
             if gan:
                 _apply_optim_config(disc_opt, None, o_cfg, o_cfg["disc_lr"] or o_cfg["lr"])
