@@ -11,7 +11,7 @@ from pyflm.ops import soft_argmax
 from pyflm.tasks import build_task
 from training import train as T
 from training.config import ConfigError, validate_config
-from training.distill import Teacher, build_teacher
+from training.distill import Teacher, _Member, build_teacher, splat_matrix
 
 S = 64  # small compact net: 16x16 maps
 from training.dataset import IMAGENET_MEAN, IMAGENET_STD
@@ -20,7 +20,8 @@ DATA = (IMAGENET_MEAN, IMAGENET_STD)
 
 
 def distill_cfg(teacher, weight=0.5, flip=True) -> dict:
-    return {"teacher": str(teacher), "weight": weight, "flip": flip}
+    return {"teacher": [str(t) for t in teacher] if isinstance(teacher, list) else str(teacher), "weight": weight,
+            "flip": flip}
 
 
 def write_teacher(path, input_size=S, task="compact", seed=0, **meta_kw):
@@ -64,11 +65,86 @@ def test_flip_averaged_maps_give_the_flip_test_positions(teacher_file):
                                atol=1e-9, rtol=0)
 
 
+@pytest.mark.parametrize("n_from,size_from,n_to,size_to", [(40, 160, 32, 128), (24, 96, 16, 64), (16, 64, 24, 96),
+                                                          (7, 28, 5, 20), (10, 30, 10, 40)])
+def test_splat_matrix_conserves_mass_and_mean(n_from, size_from, n_to, size_to):
+    """Every column sums to 1 and puts its mass where the cell's centre lies on
+    the other grid (input px scaled about pixel edges: (u + 0.5) * S'/S - 0.5),
+    exactly for cells between the outer cell centres, clamped to the edge beyond."""
+    from pyflm.codecs.base import heatmap_to_input
+
+    m = splat_matrix(n_from, size_from, n_to, size_to)
+    assert m.shape == (n_to, n_from) and (m >= 0).all()
+    torch.testing.assert_close(m.sum(0), torch.ones(n_from, dtype=torch.float64))
+    src = heatmap_to_input(torch.arange(n_from, dtype=torch.float64), size_from / n_from)
+    want = (src + 0.5) * (size_to / size_from) - 0.5
+    centres = heatmap_to_input(torch.arange(n_to, dtype=torch.float64), size_to / n_to)
+    got = centres @ m
+    inside = (want >= centres[0]) & (want <= centres[-1])
+    assert inside.sum() >= n_from - 2
+    torch.testing.assert_close(got[inside], want[inside], atol=1e-12, rtol=0)
+    torch.testing.assert_close(got[~inside], want[~inside].clamp(centres[0], centres[-1]), atol=1e-12, rtol=0)
+    assert (m > 0).sum(0).max() <= 2  # two neighbours at most: a sharp map stays sharp
+    if (n_from, size_from) == (n_to, size_to):
+        torch.testing.assert_close(m, torch.eye(n_to, dtype=torch.float64))
+
+
+class _FixedMaps(torch.nn.Module):
+    """A stand-in teacher network: the same logits for every input (and its mirror)."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = torch.nn.Parameter(logits)
+        self.seen: list = []
+
+    def forward(self, x):
+        self.seen.append(tuple(x.shape))
+        return self.logits.expand(x.shape[0], *self.logits.shape[1:])
+
+
+def test_teacher_at_another_size_keeps_positions():
+    """A 96 px teacher (24x24 maps) teaching a 64 px student (16x16): the
+    student-grid maps sum to 1 and their soft-argmax, in student input px, is
+    the teacher's own soft-argmax mapped by (u + 0.5) * 64 / 96 - 0.5, in
+    float64; the teacher network sees the crop at its own size."""
+    torch.manual_seed(0)
+    k = 5
+    logits = torch.full((1, k, 24, 24), -1e9, dtype=torch.float64)
+    logits[..., 2:22, 2:22] = 3 * torch.randn(1, k, 20, 20, dtype=torch.float64)  # mass clear of the edges
+    net = _FixedMaps(logits)
+    member = _Member(net, 1.0, None, 96, 24, S, S // 4).double()
+    teacher = Teacher([member], 0.5)
+    p = teacher.distributions(torch.randn(2, 3, S, S, dtype=torch.float64))
+    assert net.seen == [(2, 3, 96, 96)]
+    assert p.shape == (2, k, S // 4, S // 4)
+    torch.testing.assert_close(p.sum((2, 3)), torch.ones(2, k, dtype=p.dtype))
+    got = soft_argmax(torch.log(p))[0] * 4 + 1.5  # student map px -> student input px
+    own = soft_argmax(logits)[0] * 4 + 1.5  # teacher input px
+    torch.testing.assert_close(got, ((own + 0.5) * S / 96 - 0.5).expand_as(got), atol=1e-9, rtol=0)
+
+
+def test_ensemble_averages_the_teachers(tmp_path, teacher_file):
+    """A list of teachers gives the mean of their (flip-averaged) maps; a 96 px
+    model file is accepted for a 64 px student (its maps resampled)."""
+    path, _ = teacher_file
+    other = tmp_path / "other.pt"
+    write_teacher(other, seed=1)
+    big = tmp_path / "big.pt"
+    write_teacher(big, input_size=96, seed=2)
+    student = build_task("compact", input_size=S)
+    x = torch.randn(2, 3, S, S, dtype=torch.float64)
+    one = [build_teacher(distill_cfg(p), student, *DATA).double().distributions(x) for p in (path, other, big)]
+    both = build_teacher(distill_cfg([path, other, big]), student, *DATA).double()
+    assert len(both.members) == 3 and both.members[2].splat is not None and both.members[0].splat is None
+    torch.testing.assert_close(both.distributions(x), (one[0] + one[1] + one[2]) / 3, atol=1e-12, rtol=0)
+    assert (one[0] - one[1]).abs().max() > 1e-6 and (one[0] - one[2]).abs().max() > 1e-6  # random nets: near-flat maps
+
+
 def test_teacher_stays_frozen_in_eval_mode(teacher_file):
     path, _ = teacher_file
     teacher = build_teacher(distill_cfg(path), build_task("compact", input_size=S), *DATA)
     teacher.train()
-    assert not teacher.net.training and not any(p.requires_grad for p in teacher.parameters())
+    assert not teacher.members[0].net.training and not any(p.requires_grad for p in teacher.parameters())
 
 
 @pytest.mark.parametrize("weight", [0.25, 1.0])
@@ -107,8 +183,10 @@ def test_build_teacher_errors_name_the_key(tmp_path, teacher_file):
     deploy.save_model_file(misfit, mf["task"], {**mf["model_kwargs"], "expand": 2.0}, mf["state_dict"], mf["meta"])
     with pytest.raises(ConfigError, match=r"distill\.teacher: model weights do not fit the 'compact' network"):
         build_teacher(distill_cfg(misfit), student, *DATA)
-    with pytest.raises(ConfigError, match=r"distill\.teacher: .*input_size 64, the student 96"):
-        build_teacher(distill_cfg(path), build_task("compact", input_size=96), *DATA)
+    with pytest.raises(ConfigError, match=r"distill\.teacher: .*has 68 landmarks, the student 19"):
+        build_teacher(distill_cfg(path), build_task("compact", num_landmarks=19, input_size=S), *DATA)
+    with pytest.raises(ConfigError, match=r"distill\.teacher: .*missing\.pt"):  # any member of a list
+        build_teacher(distill_cfg([path, tmp_path / "missing.pt"]), student, *DATA)
     with pytest.raises(ConfigError, match=r"distill\.teacher: .*normalisation"):
         build_teacher(distill_cfg(path), student)
     with pytest.raises(ConfigError, match=r"distill\.teacher: .*distribution task"):
@@ -120,6 +198,8 @@ def test_build_teacher_errors_name_the_key(tmp_path, teacher_file):
     ("weight", 1.5, r"distill\.weight: must be in \(0, 1\]"),
     ("flip", "yes", r"distill\.flip: expected bool"),
     ("teachr", "x.pt", r"distill\.teachr: unknown key"),
+    ("teacher", 3, r"distill\.teacher: .*a path or a list of paths"),
+    ("teacher", [], r"distill\.teacher: .*a path or a list of paths"),
 ])
 def test_config_errors(key, value, match):
     with pytest.raises(ConfigError, match=match):

@@ -36,11 +36,12 @@ Sections and keys (defaults in brackets):
          max_minutes [0 = off]: a wall-clock budget for this invocation's
          training loop: the first step checked after it is spent (every
          log_every steps) is validated, checkpointed, and ends the run.
-[distill] teacher [""]: a model file or checkpoint of a distribution model
-         (same input size, map grid and normalisation) whose maps are mixed
-         into the targets (training/distill.py); weight [0.5] in (0, 1]: the
-         teacher's share of the target; flip [true]: average the teacher's
-         maps with those of the mirrored crops.
+[distill] teacher [""]: a model file or checkpoint of a distribution model,
+         or a list of them (an ensemble: their maps are averaged), with the
+         student's normalisation (any input size: resampled to the student's
+         grid) whose maps are mixed into the targets (training/distill.py);
+         weight [0.5] in (0, 1]: the teachers' share of the target; flip
+         [true]: average each teacher's maps with those of the mirrored crops.
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "max_minutes": _Key(_FLOAT, 0.0, check=_nonneg, desc=">= 0"),
     },
     "distill": {
-        "teacher": _Key(str, ""),
+        "teacher": _Key(None, "", check=_str_or_list, desc="a path or a list of paths"),
         "weight": _Key(_FLOAT, 0.5, check=lambda v: 0 < v <= 1, desc="in (0, 1]"),
         "flip": _Key(bool, True),
     },

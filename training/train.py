@@ -755,8 +755,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--init-from", default=None, metavar="FILE",
                    help="override train.init_from: start from this checkpoint's or model file's weights")
-    p.add_argument("--teacher", default=None, metavar="FILE",
-                   help="override distill.teacher: distil from this checkpoint or model file")
+    p.add_argument("--teacher", default=None, nargs="+", metavar="FILE",
+                   help="override distill.teacher: distil from this checkpoint or model file (several: their ensemble)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     args = p.parse_args(argv)
     try:
@@ -764,7 +764,7 @@ def main(argv=None) -> int:
         if args.init_from is not None:
             cfg["train"]["init_from"] = args.init_from
         if args.teacher is not None:
-            cfg["distill"]["teacher"] = args.teacher
+            cfg["distill"]["teacher"] = args.teacher[0] if len(args.teacher) == 1 else args.teacher
         out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
         summary = train(cfg, out, resume=args.resume, max_steps=args.max_steps, device=args.device,
                         progress=not args.no_progress, max_minutes=args.max_minutes)
