@@ -123,6 +123,30 @@ def test_teacher_at_another_size_keeps_positions():
     torch.testing.assert_close(got, ((own + 0.5) * S / 96 - 0.5).expand_as(got), atol=1e-9, rtol=0)
 
 
+class _SpotNet(torch.nn.Module):
+    """A stand-in teacher whose maps peak where the crop's channel 0 is bright."""
+
+    def forward(self, x):
+        return 10 * torch.nn.functional.avg_pool2d(x[:, :1], 4).expand(-1, 3, -1, -1)
+
+
+@pytest.mark.parametrize("size,mirror", [(96, None), (96, [0, 1, 2]), (48, None), (S, [0, 1, 2])])
+def test_teacher_at_another_size_finds_the_spot(size, mirror):
+    """End to end against the photo: a bright spot at a known place in the
+    student's crop is found there on the student's grid, whatever size the
+    teacher works at (the crop resized up or down for it, flip or not). Within
+    0.6 px: a soft-argmax of a blob sampled on a 4 px grid is that far off by
+    itself (the exact mapping is tested above); a crop resized the wrong way
+    round or a lost flip would be off by 10 px or more."""
+    yy, xx = torch.meshgrid(torch.arange(S, dtype=torch.float64), torch.arange(S, dtype=torch.float64), indexing="ij")
+    spots = torch.tensor([[20.3, 37.8], [41.6, 12.2]], dtype=torch.float64)
+    x = torch.stack([torch.exp(-((xx - sx) ** 2 + (yy - sy) ** 2) / (2 * 6.0 ** 2)) for sx, sy in spots])
+    x = x[:, None].expand(-1, 3, -1, -1)
+    teacher = Teacher([_Member(_SpotNet(), 1.0, mirror, size, size // 4, S, S // 4)], 0.5).double()
+    got = soft_argmax(torch.log(teacher.distributions(x)))[0] * 4 + 1.5  # student input px
+    torch.testing.assert_close(got, spots[:, None].expand_as(got), atol=0.6, rtol=0)
+
+
 def test_ensemble_averages_the_teachers(tmp_path, teacher_file):
     """A list of teachers gives the mean of their (flip-averaged) maps; a 96 px
     model file is accepted for a 64 px student (its maps resampled)."""
