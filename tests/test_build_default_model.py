@@ -80,7 +80,7 @@ def test_stage1_file_and_from_stage(calls, tmp_path):
         bdm.main(["--out", str(out), "--from-stage", "0"])
 
 
-def test_fast_model_is_four_more_stages(calls, tmp_path, monkeypatch):
+def test_fast_model_is_five_more_stages(calls, tmp_path, monkeypatch):
     from pyflm import deploy
 
     monkeypatch.setattr(bdm, "_pruned_init", lambda src, cfg, folder: folder / "pruned.pt")
@@ -88,22 +88,37 @@ def test_fast_model_is_four_more_stages(calls, tmp_path, monkeypatch):
     monkeypatch.setattr(bdm, "_average_snapshots", lambda cfg, folder, dev, root: averaged.append((cfg, folder)) or 0)
     out = tmp_path / "run"
     stages = bdm.MODEL_STAGES["fast"]
-    assert stages[:-4] == bdm.STAGES and [s[0] for s in stages[-4:]] == [
+    assert stages[:-5] == bdm.STAGES and [s[0] for s in stages[-5:]] == [
         "training/configs/fast.toml", "training/configs/fast_slim.toml", "training/configs/fast_slim_long.toml",
-        "training/configs/fast_swa.toml"]
+        "training/configs/fast_swa.toml", "training/configs/fast_distill.toml"]
     assert bdm.main(["--model", "fast", "--out", str(out), "--from-stage", str(len(bdm.STAGES) + 1)]) == 0
-    assert _trains(calls) == [(stages[-4][0], str(out / "fast"), str(out / "long" / "best.pt")),
-                              (stages[-3][0], str(out / "slim"), str(out / "slim" / "pruned.pt")),
-                              (stages[-2][0], str(out / "slim_long"), str(out / "slim" / "best.pt")),
-                              (stages[-1][0], str(out / "swa"), str(out / "slim_long" / "best.pt"))]
-    assert averaged == [(stages[-1][0], out / "swa")]  # after its training, and only for it
+    assert _trains(calls) == [(stages[-5][0], str(out / "fast"), str(out / "long" / "best.pt")),
+                              (stages[-4][0], str(out / "slim"), str(out / "slim" / "pruned.pt")),
+                              (stages[-3][0], str(out / "slim_long"), str(out / "slim" / "best.pt")),
+                              (stages[-2][0], str(out / "swa"), str(out / "slim_long" / "best.pt")),
+                              (stages[-1][0], str(out / "distill"), str(out / "swa" / "averaged.pt"))]
+    assert averaged == [(stages[-2][0], out / "swa")]  # after its training, and only for it
+    # only the distillation stage gets teachers: the default's final weights and the average
+    teachers = [argv[argv.index("--teacher") + 1:] if "--teacher" in argv else None
+                for what, argv in calls if what == "train"]
+    assert teachers == [None] * 4 + [[str(out / "long" / "best.pt"), str(out / "swa" / "averaged.pt")]]
     evals = [argv for what, argv in calls if what == "eval"]
     (cal,) = [argv for what, argv in calls if what == "calibrate"]
-    assert cal[cal.index("--model") + 1] == str(out / "swa" / "averaged.pt")
-    assert evals and all(argv[argv.index("--checkpoint") + 1] == str(out / "swa" / "calibrated.pt")
+    assert cal[cal.index("--model") + 1] == str(out / "distill" / "best.pt")
+    assert evals and all(argv[argv.index("--checkpoint") + 1] == str(out / "distill" / "calibrated.pt")
                          for argv in evals)
     package_args = calls[-1][1]
     assert package_args[2] == str(deploy.bundled_model_path("fast")) and package_args[-1] == stages
+
+
+def test_fast_distill_config_matches_its_stage():
+    """The config's teachers and start are the bundled files the pipeline's
+    TEACHERS / previous stage stand for (its header says which commit's)."""
+    from training.config import load_config
+
+    cfg = load_config("training/configs/fast_distill.toml")
+    assert cfg["distill"]["teacher"] == ["pyflm/weights/default.pt", "pyflm/weights/fast.pt"]
+    assert bdm.TEACHERS == {"distill": ("long", "swa")} and bdm.MODEL_STAGES["fast"][-1][1] == "distill"
 
 
 def test_pruning_stage_starts_from_the_pruned_previous_weights(calls, tmp_path, monkeypatch):

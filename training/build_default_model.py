@@ -26,8 +26,11 @@ Steps (each writes under ``--out``; a finished step's outputs are reused with
    into ``--out``/slim_long; and ``training/configs/fast_swa.toml``, Adam at a
    constant learning rate with a snapshot every 200 steps, into ``--out``/swa,
    whose second half's snapshots ``training.average`` averages into
-   ``--out``/swa/averaged.pt (stochastic weight averaging; e.g. ``--model fast
-   --from-stage 4`` when the default's stages exist);
+   ``--out``/swa/averaged.pt (stochastic weight averaging); and
+   ``training/configs/fast_distill.toml``, distilled from the ensemble of the
+   default's final stage (``--out``/long) and that average, into
+   ``--out``/distill (e.g. ``--model fast --from-stage 4`` when the default's
+   stages exist);
 3. ``training.fit_detector_crops --detector haar --center box`` on the 300-W
    train images: the Haar box -> crop rule (and the tight-landmark-box rule);
 4. ``training.calibrate`` of the final stage's ``best.pt`` (``averaged.pt``
@@ -67,10 +70,14 @@ PRUNE = "prune"  # a stage's third item: start from the previous weights pruned 
 AVERAGE = "average"  # a stage's third item: its weights are the mean of its second half's snapshots (SWA)
 # the bundled models (pyflm.deploy.BUNDLED_MODELS) and their stages: "fast" is the
 # default's network fine-tuned at 128 px from its final stage, then pruned to half
-# the hidden width and fine-tuned in two cycles
+# the hidden width, fine-tuned in two cycles, weight-averaged and distilled
 FAST_STAGES = (("training/configs/fast.toml", "fast"), ("training/configs/fast_slim.toml", "slim", PRUNE),
                ("training/configs/fast_slim_long.toml", "slim_long"),
-               ("training/configs/fast_swa.toml", "swa", AVERAGE))
+               ("training/configs/fast_swa.toml", "swa", AVERAGE),
+               ("training/configs/fast_distill.toml", "distill"))
+# a stage (by folder) distilled from the final weights of earlier stages (by folder), given
+# as --teacher: the networks the config's distill.teacher names as bundled files
+TEACHERS = {"distill": ("long", "swa")}
 MODEL_STAGES = {"default": STAGES, "fast": STAGES + FAST_STAGES}
 KEPT = ("nme", "eye_nme", "fr@0.08", "fr@0.1", "auc@0.08", "n", "detected", "detection_misses", "detected_fraction")
 
@@ -190,7 +197,11 @@ def main(argv=None) -> int:
             resume = ["--resume"] if (folder / "last.pt").is_file() else []  # an interrupted run goes on
             if PRUNE in stages[i][2:] and init and not resume:
                 init = ["--init-from", str(_pruned_init(init[1], stages[i][0], folder))]
-            rc = train.main(["--config", stages[i][0], "--out", str(folder), *resume, *dev, *init])
+            teach = []
+            if stages[i][1] in TEACHERS:
+                by_folder = {stage[1]: _weights(stage, f) for stage, f in zip(stages, folders)}
+                teach = ["--teacher", *(str(by_folder[name]) for name in TEACHERS[stages[i][1]])]
+            rc = train.main(["--config", stages[i][0], "--out", str(folder), *resume, *dev, *init, *teach])
             if not rc and AVERAGE in stages[i][2:]:
                 rc = _average_snapshots(stages[i][0], folder, dev, root)
             if rc:
