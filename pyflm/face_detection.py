@@ -87,6 +87,7 @@ class FaceDetector:
 
 
 DEFAULT_MAX_SIDE = 640  # the C++ tool's --max-side default too (csrc/tools/detect/face_detector.h)
+DEFAULT_FALLBACK_NEIGHBOURS = 3  # HaarFaceDetector.fallback_min_neighbors (the C++ tool: kDefaultFallbackNeighbours)
 
 
 class HaarFaceDetector(FaceDetector):
@@ -107,18 +108,31 @@ class HaarFaceDetector(FaceDetector):
     for a 12-megapixel photo); the price is that faces under about
     24 x (longer side / 640) pixels go unfound. None disables it. ``cascade``: path to another cascade XML (default
     ``haarcascade_frontalface_default.xml``).
+
+    ``fallback_min_neighbors`` (default 3): when no window group reaches
+    ``min_neighbors``, the cascade looks again with this many (None, or not
+    fewer than ``min_neighbors``: never), which costs a second pass only on
+    images where nothing was found. Measured on 300-W (2026-12-06): of the
+    28 common-set photos (HELEN and LFPW test) where 5 neighbours found
+    nothing, 12 get a box on their annotated face with 3, and 3 get a box
+    that is not on it (another face or background); of the 136 such training
+    photos, 27 and 19. Missed faces on the common set fell from 29 to 17
+    (dlib's HOG detector misses 12).
     """
 
     name = "haar"
 
     def __init__(self, min_size: int | None = None, scale_factor: float = 1.1, min_neighbors: int = 5,
-                 cascade: str | Path | None = None, max_side: int | None = DEFAULT_MAX_SIDE):
+                 cascade: str | Path | None = None, max_side: int | None = DEFAULT_MAX_SIDE,
+                 fallback_min_neighbors: int | None = DEFAULT_FALLBACK_NEIGHBOURS):
         import cv2
 
         if not scale_factor > 1.0:
             raise ValueError(f"scale_factor must be > 1, got {scale_factor}")
         if int(min_neighbors) < 0:
             raise ValueError(f"min_neighbors must be >= 0, got {min_neighbors}")
+        if fallback_min_neighbors is not None and int(fallback_min_neighbors) < 0:
+            raise ValueError(f"fallback_min_neighbors must be >= 0 or None, got {fallback_min_neighbors}")
         if min_size is not None and not int(min_size) >= 1:
             raise ValueError(f"min_size must be >= 1 pixel or None, got {min_size}")
         if max_side is not None and not int(max_side) >= 32:
@@ -137,6 +151,7 @@ class HaarFaceDetector(FaceDetector):
         self.scale_factor = float(scale_factor)
         self.min_neighbors = int(min_neighbors)
         self.max_side = None if max_side is None else int(max_side)
+        self.fallback_min_neighbors = None if fallback_min_neighbors is None else int(fallback_min_neighbors)
 
     def detect(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import cv2
@@ -154,9 +169,9 @@ class HaarFaceDetector(FaceDetector):
         if self.min_size is not None:
             m = max(1, int(round(self.min_size * min(sx, sy))))
             min_size = (m, m)
-        rects, _levels, weights = self._cascade.detectMultiScale3(
-            grey, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=min_size,
-            outputRejectLevels=True)
+        rects, weights = self._run(grey, self.min_neighbors, min_size)
+        if len(rects) == 0 and self.fallback_min_neighbors is not None and self.fallback_min_neighbors < self.min_neighbors:
+            rects, weights = self._run(grey, self.fallback_min_neighbors, min_size)
         boxes = rects_to_boxes(rects)
         scores = _sigmoid(np.asarray(weights, dtype=np.float64).reshape(-1))
         if len(scores) != len(boxes):  # never seen; keep the contract if OpenCV changes
@@ -165,6 +180,12 @@ class HaarFaceDetector(FaceDetector):
         boxes[:, [0, 2]] = (boxes[:, [0, 2]] + 0.5) / sx - 0.5
         boxes[:, [1, 3]] = (boxes[:, [1, 3]] + 0.5) / sy - 0.5
         return boxes, scores
+
+    def _run(self, grey: np.ndarray, min_neighbors: int, min_size: tuple[int, int]):
+        rects, _levels, weights = self._cascade.detectMultiScale3(
+            grey, scaleFactor=self.scale_factor, minNeighbors=min_neighbors, minSize=min_size,
+            outputRejectLevels=True)
+        return rects, weights
 
 
 _DLIB_HINT = "the 'dlib-hog' face detector needs dlib: pip install dlib-bin (prebuilt wheels) or pip install dlib"

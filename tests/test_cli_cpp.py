@@ -468,6 +468,25 @@ def test_detected_face_matches_python(cli, model_ts, model_file, predictor, tmp_
     assert np.abs(np.array([f["landmarks"] for f in doc["images"][0]["faces"]]) - pts).max() < TOLERANCE_PX
 
 
+def test_fallback_neighbours_match_python(cli, model_ts):
+    """A HELEN test photo where no window group has 5 neighbours: the binary,
+    like HaarFaceDetector, looks again with 3 and finds the same box."""
+    from pyflm.data import default_data_root
+    from pyflm.face_detection import HaarFaceDetector
+
+    image = default_data_root() / "300w" / "helen" / "testset" / "2970690152_2.jpg"
+    if not image.is_file():
+        pytest.skip("no 300-W data")
+    assert len(HaarFaceDetector(cascade=_cascade(), fallback_min_neighbors=None)(cv2.imread(str(image)))[0]) == 0
+    py_boxes, py_scores = HaarFaceDetector(cascade=_cascade())(cv2.imread(str(image)))
+    assert len(py_boxes) >= 1
+    proc = _run(cli, "--model", model_ts, "--ops", _ops(), "--cascade", _cascade(), "--refine", "0", image)
+    assert proc.returncode == 0, proc.stderr
+    faces = json.loads(proc.stdout)["images"][0]["faces"]
+    np.testing.assert_allclose([f["box"] for f in faces], py_boxes, rtol=0, atol=1e-9)
+    np.testing.assert_allclose([f["detection_score"] for f in faces], py_scores, rtol=1e-9, atol=1e-12)
+
+
 def test_refine_rounds_on_given_boxes_match_python(cli, model_ts, model_file, tmp_path):
     """--refine N on given boxes: N rounds for every face, as FaceLandmarker(refine=N);
     --refine auto leaves tight boxes alone and refines boxes of another --box-type;

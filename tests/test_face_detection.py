@@ -121,6 +121,68 @@ def test_haar_calls_cascade_on_equalised_grey_and_sorts(rng):
     np.testing.assert_allclose(scores, 1 / (1 + np.exp(-np.array([6.0, 1.0]))))
 
 
+class _NeighboursCascade(_FakeCascade):
+    """A fake cascade whose answer depends on minNeighbors: {neighbours: rects}."""
+
+    def __init__(self, by_neighbours):
+        super().__init__([], [])
+        self.by_neighbours = by_neighbours
+
+    def detectMultiScale3(self, grey, **kw):
+        self.calls.append((grey, kw))
+        rects = self.by_neighbours.get(kw["minNeighbors"], [])
+        return (np.asarray(rects, np.int32).reshape(-1, 4), np.full(len(rects), 25, np.int32),
+                np.full((len(rects), 1), 2.0))
+
+
+@pytest.mark.parametrize("fallback,found,want_calls,want_boxes", [
+    (3, {5: [], 3: [[10, 12, 30, 30]]}, [5, 3], [[9.5, 11.5, 39.5, 41.5]]),  # nothing at 5: the fallback's box
+    (3, {5: [[40, 10, 30, 30]], 3: [[10, 12, 30, 30]]}, [5], [[39.5, 9.5, 69.5, 39.5]]),  # found: no second pass
+    (None, {5: [], 3: [[10, 12, 30, 30]]}, [5], []),  # fallback off
+    (0, {5: [], 0: []}, [5, 0], []),  # nothing either way
+])
+def test_haar_fallback_neighbours(rng, fallback, found, want_calls, want_boxes):
+    det = HaarFaceDetector(fallback_min_neighbors=fallback)
+    det._cascade = fake = _NeighboursCascade(found)
+    boxes, scores = det(_noise(rng, 90, 110))
+    assert [kw["minNeighbors"] for _, kw in fake.calls] == want_calls
+    np.testing.assert_array_equal(boxes.reshape(-1, 4), np.asarray(want_boxes, np.float64).reshape(-1, 4))
+    assert scores.shape == (len(want_boxes),)
+    if len(fake.calls) == 2:  # the same image, scale and minimum size both times
+        np.testing.assert_array_equal(fake.calls[0][0], fake.calls[1][0])
+        assert {k: v for k, v in fake.calls[0][1].items() if k != "minNeighbors"} == \
+            {k: v for k, v in fake.calls[1][1].items() if k != "minNeighbors"}
+
+
+def test_haar_fallback_default_and_checks(rng):
+    assert HaarFaceDetector().fallback_min_neighbors == 3
+    with pytest.raises(ValueError, match="fallback_min_neighbors must be >= 0"):
+        HaarFaceDetector(fallback_min_neighbors=-1)
+    for mn in (3, 2):  # a fallback that is not below min_neighbors has nothing more to find: one pass
+        det = HaarFaceDetector(min_neighbors=mn)
+        det._cascade = fake = _NeighboursCascade({})
+        det(_noise(rng, 60, 60))
+        assert [kw["minNeighbors"] for _, kw in fake.calls] == [mn]
+
+
+def test_haar_fallback_finds_a_face_five_neighbours_miss():
+    """A HELEN test photo whose frontal face no window group with 5 neighbours
+    covers (one of the 300-W common set's 28 such photos): the fallback finds it."""
+    from pyflm.data import default_data_root
+    from pyflm.io import load_image
+    from pyflm.data.readers import read_pts
+
+    path = default_data_root() / "300w" / "helen" / "testset" / "2970690152_2.jpg"
+    if not path.is_file():
+        pytest.skip(f"no real face data at {path}")
+    img = load_image(path)
+    lm = read_pts(path.with_suffix(".pts"))
+    tight = np.r_[lm.min(0), lm.max(0)][None]
+    assert len(HaarFaceDetector(fallback_min_neighbors=None)(img)[0]) == 0
+    boxes, _ = HaarFaceDetector()(img)
+    assert match_detections(boxes, tight, 0.3)[0] >= 0
+
+
 def test_haar_default_max_side(rng):
     det = HaarFaceDetector()
     assert det.max_side == 640

@@ -10,7 +10,8 @@
 
 namespace pyflm::cli {
 
-HaarDetector::HaarDetector(const std::string& path, int max_side) : max_side_(max_side) {
+HaarDetector::HaarDetector(const std::string& path, int max_side, int fallback_neighbours)
+    : max_side_(max_side), fallback_neighbours_(fallback_neighbours) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) {
     throw SetupError("Haar cascade file not found: " + path +
@@ -47,6 +48,10 @@ std::vector<Detection> HaarDetector::detect(const cv::Mat& bgr) {
   std::vector<double> weights;
   cascade_.detectMultiScale(equalised, rects, reject_levels, weights, 1.1, 5, 0, cv::Size(), cv::Size(),
                             /*outputRejectLevels=*/true);
+  if (rects.empty() && fallback_neighbours_ >= 0) {
+    cascade_.detectMultiScale(equalised, rects, reject_levels, weights, 1.1, fallback_neighbours_, 0, cv::Size(),
+                              cv::Size(), /*outputRejectLevels=*/true);
+  }
   std::vector<Detection> out;
   out.reserve(rects.size());
   for (size_t i = 0; i < rects.size(); ++i) {
