@@ -170,8 +170,9 @@ class HaarFaceDetector(FaceDetector):
             m = max(1, int(round(self.min_size * min(sx, sy))))
             min_size = (m, m)
         rects, weights = self._run(grey, self.min_neighbors, min_size)
-        if len(rects) == 0 and self.fallback_min_neighbors is not None and self.fallback_min_neighbors < self.min_neighbors:
-            rects, weights = self._run(grey, self.fallback_min_neighbors, min_size)
+        fallback = self.fallback_min_neighbors
+        if len(rects) == 0 and fallback is not None and fallback < self.min_neighbors:
+            rects, weights = self._run(grey, fallback, min_size)
         boxes = rects_to_boxes(rects)
         scores = _sigmoid(np.asarray(weights, dtype=np.float64).reshape(-1))
         if len(scores) != len(boxes):  # never seen; keep the contract if OpenCV changes

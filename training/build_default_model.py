@@ -189,6 +189,7 @@ def main(argv=None) -> int:
     if args.final is not None:
         final.mkdir(parents=True, exist_ok=True)
     elif not args.skip_train:
+        weights_of = {stage[1]: _weights(stage, f) for stage, f in zip(stages, folders)}  # by folder name
         for i in range(first - 1, len(stages)):
             init = ([] if i == 0 else
                     ["--init-from", args.stage1 if (args.stage1 and i == first - 1)
@@ -197,10 +198,8 @@ def main(argv=None) -> int:
             resume = ["--resume"] if (folder / "last.pt").is_file() else []  # an interrupted run goes on
             if PRUNE in stages[i][2:] and init and not resume:
                 init = ["--init-from", str(_pruned_init(init[1], stages[i][0], folder))]
-            teach = []
-            if stages[i][1] in TEACHERS:
-                by_folder = {stage[1]: _weights(stage, f) for stage, f in zip(stages, folders)}
-                teach = ["--teacher", *(str(by_folder[name]) for name in TEACHERS[stages[i][1]])]
+            teach = (["--teacher", *(str(weights_of[name]) for name in TEACHERS[stages[i][1]])]
+                     if stages[i][1] in TEACHERS else [])
             rc = train.main(["--config", stages[i][0], "--out", str(folder), *resume, *dev, *init, *teach])
             if not rc and AVERAGE in stages[i][2:]:
                 rc = _average_snapshots(stages[i][0], folder, dev, root)
