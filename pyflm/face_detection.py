@@ -90,6 +90,11 @@ DEFAULT_MAX_SIDE = 640  # the C++ tool's --max-side default too (csrc/tools/dete
 DEFAULT_FALLBACK_NEIGHBOURS = 3  # HaarFaceDetector.fallback_min_neighbors (the C++ tool: kDefaultFallbackNeighbours)
 
 
+def _check_neighbours(name: str, value, alternative: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0{alternative}, got {value!r}")
+
+
 class HaarFaceDetector(FaceDetector):
     """OpenCV's Viola-Jones frontal face cascade (ships with opencv-python).
 
@@ -129,10 +134,9 @@ class HaarFaceDetector(FaceDetector):
 
         if not scale_factor > 1.0:
             raise ValueError(f"scale_factor must be > 1, got {scale_factor}")
-        if int(min_neighbors) < 0:
-            raise ValueError(f"min_neighbors must be >= 0, got {min_neighbors}")
-        if fallback_min_neighbors is not None and int(fallback_min_neighbors) < 0:
-            raise ValueError(f"fallback_min_neighbors must be >= 0 or None, got {fallback_min_neighbors}")
+        _check_neighbours("min_neighbors", min_neighbors)
+        if fallback_min_neighbors is not None:
+            _check_neighbours("fallback_min_neighbors", fallback_min_neighbors, " or None")
         if min_size is not None and not int(min_size) >= 1:
             raise ValueError(f"min_size must be >= 1 pixel or None, got {min_size}")
         if max_side is not None and not int(max_side) >= 32:

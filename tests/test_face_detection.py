@@ -156,8 +156,11 @@ def test_haar_fallback_neighbours(rng, fallback, found, want_calls, want_boxes):
 
 def test_haar_fallback_default_and_checks(rng):
     assert HaarFaceDetector().fallback_min_neighbors == 3
-    with pytest.raises(ValueError, match="fallback_min_neighbors must be >= 0"):
-        HaarFaceDetector(fallback_min_neighbors=-1)
+    for bad in (-1, 2.5, "3", True):
+        with pytest.raises(ValueError, match=r"fallback_min_neighbors must be an integer >= 0 or None, got "):
+            HaarFaceDetector(fallback_min_neighbors=bad)
+    with pytest.raises(ValueError, match=r"min_neighbors must be an integer >= 0, got 4\.0"):
+        HaarFaceDetector(min_neighbors=4.0)
     for mn in (3, 2):  # a fallback that is not below min_neighbors has nothing more to find: one pass
         det = HaarFaceDetector(min_neighbors=mn)
         det._cascade = fake = _NeighboursCascade({})
