@@ -23,7 +23,9 @@ def test_rows_are_the_landmarkers_nme():
     img = cv2.imread(str(Path(pyflm.__file__).parent / "assets" / "astronaut.jpg"))
     face = np.array([177.5, 66.5, 269.5, 158.5])
     truth = FaceLandmarker(detector=None).detect(img, boxes=[face])[0].landmarks.astype(np.float64)
-    loose = [face + np.r_[-18, -10, 14, 22] + d for d in (0.0, 3.0, -4.0)]
+    # clearly loose boxes (1.6x the face's side, off centre), as a poor detection gives: from
+    # ones barely off, one pass can be as good as the rounds' fixed point (~2.94% here)
+    loose = [face + np.r_[-30, -20, 25, 35] + d for d in (0.0, 3.0, -4.0)]
     faces = [(img, b, tight_box(truth), truth) for b in loose]
     rows = refine_rounds.measure("default", [0, 2], "haar", faces)
     assert [(r["boxes"], r["refine"], r["flip_test"]) for r in rows] == [
