@@ -10,6 +10,7 @@ from training import build_default_model as bdm
 
 @pytest.fixture
 def calls(monkeypatch, tmp_path):
+    from pyflm import face_detection
     from training import calibrate, evaluate, fit_detector_crops, train
 
     log = []
@@ -18,6 +19,8 @@ def calls(monkeypatch, tmp_path):
     monkeypatch.setattr(fit_detector_crops, "main", lambda argv: log.append(("fit", argv)) or 0)
     monkeypatch.setattr(evaluate, "main", lambda argv: log.append(("eval", argv)) or 0)
     monkeypatch.setattr(bdm, "package", lambda *a: log.append(("package", a)) or tmp_path / "m.pt")
+    # the up-front check that each detector can be built (dlib may be missing here)
+    monkeypatch.setattr(face_detection, "get_face_detector", lambda name: log.append(("detector", name)))
     return log
 
 
@@ -46,6 +49,36 @@ def test_stages_chain_their_weights(calls, tmp_path):
     assert "--refine" not in evals[0] and evals[1][evals[1].index("--refine") + 1] == str(AUTO_REFINE_ROUNDS)
     assert [what for what, _ in calls[-4:]] == ["calibrate", "eval", "eval", "package"]
     assert str(calls[-1][1][0]) == calibrated
+    # a crop rule per detector, checked before any training; the first one's crops are evaluated
+    assert [a for what, a in calls if what == "detector"] == list(bdm.DETECTORS) == ["haar", "dlib-hog"]
+    assert [what for what, _ in calls].index("train") > 1
+    fits = [argv for what, argv in calls if what == "fit"]
+    rules = [f"{folders[-1]}/detector_crops/{name}.json" for name in bdm.DETECTORS]
+    assert [(f[f.index("--detector") + 1], f[f.index("--out") + 1]) for f in fits] == list(zip(bdm.DETECTORS, rules))
+    assert evals[1][evals[1].index("--detector") + 1] == "haar" and evals[1][evals[1].index("--rule") + 1] == rules[0]
+    assert [str(r) for r in calls[-1][1][1]] == rules
+
+
+def test_detectors_option(calls, tmp_path, monkeypatch, capsys):
+    from pyflm import face_detection
+
+    out, model = str(tmp_path / "run"), str(tmp_path / "m.pt")
+    assert bdm.main(["--out", out, "--model-out", model, "--detectors", "haar"]) == 0
+    assert [argv[argv.index("--detector") + 1] for what, argv in calls if what == "fit"] == ["haar"]
+    with pytest.raises(SystemExit):
+        bdm.main(["--out", out, "--model-out", model, "--detectors", "mtcnn"])
+    assert "unknown detector 'mtcnn'" in capsys.readouterr().err
+
+    def no_dlib(name):
+        raise ImportError("the 'dlib-hog' face detector needs dlib: pip install dlib-bin")
+
+    monkeypatch.setattr(face_detection, "get_face_detector", no_dlib)
+    n = len(calls)
+    with pytest.raises(SystemExit):
+        bdm.main(["--out", out, "--model-out", model])
+    err = capsys.readouterr().err
+    assert "pip install dlib-bin" in err and "--detectors haar" in err
+    assert len(calls) == n  # nothing trained or fitted
 
 
 def test_final_file_skips_training(calls, tmp_path, capsys):
@@ -202,3 +235,15 @@ def test_package_writes_the_card(tmp_path):
     assert got["metrics"]["gt_crops"]["common"] == {k: v for k, v in common.items() if k != "extra"}
     assert got["metrics"]["haar_crops"]["common"]["detection_misses"] == 1
     assert "haar_crops: the detector's boxes by its fitted crop rule, then 2 refinement rounds" in got["metrics_note"]
+    assert got["crop"]["fitted_on"] == {"split": "300w-train", "detected_fraction": 0.9}
+    # several detectors: each one's rule; the first one's figures where they were, all beside them
+    hog = {**rules, "detector": "dlib-hog", "rule": {"dx": 0.0, "dy": 0.09, "scale": 1.33, "size": "max"},
+           "fit": {"detected_fraction": 0.95}}
+    (tmp_path / "hog.json").write_text(json.dumps(hog))
+    out = bdm.package(src, [tmp_path / "rules.json", tmp_path / "hog.json"], tmp_path / "out2.pt",
+                      tmp_path / "gt.json", tmp_path / "det.json")
+    got = deploy.load_model_file(out)["meta"]
+    assert got["crop"]["boxes"] == {"tight": rules["tight_rule"], "haar": rules["rule"], "dlib-hog": hog["rule"]}
+    assert got["crop"]["fitted_on"]["detected_fraction"] == 0.9 and "haar_crops" in got["metrics"]
+    assert got["crop"]["fitted_on"]["detectors"] == {"haar": {"split": "300w-train", "detected_fraction": 0.9},
+                                                     "dlib-hog": {"split": "300w-train", "detected_fraction": 0.95}}

@@ -137,6 +137,18 @@ def test_load_torchscript_errors(tmp_path, compiled):
         deploy.load_torchscript(tmp_path / "plain.ts")
 
 
+@pytest.mark.parametrize("name", ["default", "fast"])
+def test_bundled_models_have_a_crop_rule_per_detector(name):
+    """FaceLandmarker(detector="haar" / "dlib") looks up the rule by the detector's
+    name; without it a detector's boxes get the tight rule (and a warning)."""
+    from pyflm.face_detection import DlibHogDetector, HaarFaceDetector
+
+    boxes = deploy.load_model_file(deploy.model_path(name))["meta"]["crop"]["boxes"]
+    assert {"tight", HaarFaceDetector.name, DlibHogDetector.name} <= set(boxes)
+    for rule in boxes.values():
+        assert 1.0 < rule["scale"] < 1.6 and abs(rule["dx"]) < 0.1 and abs(rule["dy"]) < 0.3
+
+
 def test_bundled_model_names():
     assert deploy.model_path("default") == deploy.default_model_path()
     assert deploy.model_path("fast") == deploy.bundled_model_path("fast")

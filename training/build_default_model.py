@@ -1,7 +1,8 @@
 """Train, evaluate and package pyflm's bundled models in one command.
 
     python -m training.build_default_model [--model default|fast] [--out runs/default]
-        [--skip-train] [--stage1 FILE] [--from-stage N] [--final FILE] [--device cpu|cuda] [--root DATA]
+        [--skip-train] [--stage1 FILE] [--from-stage N] [--final FILE] [--detectors NAME...]
+        [--device cpu|cuda] [--root DATA]
 
 Steps (each writes under ``--out``; a finished step's outputs are reused with
 ``--skip-train`` / when present):
@@ -31,14 +32,17 @@ Steps (each writes under ``--out``; a finished step's outputs are reused with
    default's final stage (``--out``/long) and that average, into
    ``--out``/distill (e.g. ``--model fast --from-stage 4`` when the default's
    stages exist);
-3. ``training.fit_detector_crops --detector haar --center box`` on the 300-W
-   train images: the Haar box -> crop rule (and the tight-landmark-box rule);
+3. ``training.fit_detector_crops --detector NAME --center box`` on the 300-W
+   train images for each of ``--detectors`` (default ``haar dlib-hog``; dlib's
+   detector needs ``pip install dlib-bin``, checked before any training): each
+   detector's box -> crop rule (and the tight-landmark-box rule);
 4. ``training.calibrate`` of the final stage's ``best.pt`` (``averaged.pt``
    for an averaging stage; ``--final FILE``:
    of FILE instead, e.g. an existing bundled model, with no training): the
    per-landmark offset fitted on the held-out 10%, into ``calibrated.pt``;
 5. ``training.evaluate`` of ``calibrated.pt`` on the 300-W common, HELEN
-   and LFPW test sets, with ground-truth crops and with Haar detector crops
+   and LFPW test sets, with ground-truth crops and with Haar detector crops (the
+   first of ``--detectors``)
    followed by the refinement rounds ``FaceLandmarker.detect`` gives detected
    faces by default (``--refine 2``), so the model card shows what a user gets;
 6. the model file ``pyflm/weights/<model>.pt`` (:mod:`pyflm.deploy` format):
@@ -79,6 +83,9 @@ FAST_STAGES = (("training/configs/fast.toml", "fast"), ("training/configs/fast_s
 # as --teacher: the networks the config's distill.teacher names as bundled files
 TEACHERS = {"distill": ("long", "swa")}
 MODEL_STAGES = {"default": STAGES, "fast": STAGES + FAST_STAGES}
+# the face detectors whose box -> crop rules the model file carries; the first one's crops
+# are evaluated for the model card (the default detector)
+DETECTORS = ("haar", "dlib-hog")
 KEPT = ("nme", "eye_nme", "fr@0.08", "fr@0.1", "auc@0.08", "n", "detected", "detection_misses", "detected_fraction")
 
 
@@ -122,15 +129,23 @@ def _average_snapshots(config: str, folder: Path, dev: list, root: list) -> int:
     return average.main(["--models", *map(str, snaps), "--out", str(folder / "averaged.pt"), *dev, *root])
 
 
-def package(checkpoint, rules_file, out_file, eval_gt=None, eval_detector=None, stages=STAGES) -> Path:
+def package(checkpoint, rules_files, out_file, eval_gt=None, eval_detector=None, stages=STAGES) -> Path:
     """Write the bundled model file from a training checkpoint, the fitted crop
-    rules (fit_detector_crops JSON) and evaluation results (evaluate JSON)."""
+    rules (one fit_detector_crops JSON, or a list: one per detector, the first
+    the detector ``eval_detector`` used) and evaluation results (evaluate JSON)."""
     mf = deploy.load_model_file(checkpoint)
     meta = mf["meta"]
-    rules = json.loads(Path(rules_file).read_text(encoding="utf-8"))
+    files = [rules_files] if isinstance(rules_files, (str, Path)) else list(rules_files)
+    fits = [json.loads(Path(f).read_text(encoding="utf-8")) for f in files]
+    rules = fits[0]
     meta["crop"]["boxes"]["tight"] = rules["tight_rule"]
-    meta["crop"]["boxes"][rules["detector"]] = rules["rule"]
+    for fit in fits:
+        meta["crop"]["boxes"][fit["detector"]] = fit["rule"]
     meta["crop"]["fitted_on"] = {"split": rules.get("split"), "detected_fraction": rules["fit"]["detected_fraction"]}
+    if len(fits) > 1:  # the first detector's figures stay where they were; every detector's beside them
+        meta["crop"]["fitted_on"]["detectors"] = {
+            fit["detector"]: {"split": fit.get("split"), "detected_fraction": fit["fit"]["detected_fraction"]}
+            for fit in fits}
     metrics = {}
     if eval_gt:
         metrics["gt_crops"] = _metrics(eval_gt)
@@ -165,6 +180,9 @@ def main(argv=None) -> int:
     p.add_argument("--final", default=None, metavar="FILE",
                    help="the final stage's weights (checkpoint or model file) instead of training: recalibrate, "
                         "re-evaluate and repackage them (outputs under --out)")
+    p.add_argument("--detectors", nargs="+", default=list(DETECTORS), metavar="NAME",
+                   help=f"face detectors to fit crop rules for (default: {' '.join(DETECTORS)}; the first is "
+                        "also evaluated for the model card; dlib-hog needs dlib: pip install dlib-bin)")
     p.add_argument("--device", default=None)
     p.add_argument("--root", default=None, help="data root (default PYFLM_DATA or ../shared/data)")
     args = p.parse_args(argv)
@@ -173,6 +191,16 @@ def main(argv=None) -> int:
             deploy.load_model_file(args.final)
         except deploy.ModelFileError as e:
             p.error(f"--final: {e}")
+    from pyflm import face_detection
+
+    for name in args.detectors:  # now, not after the hours of training
+        if name not in face_detection.DETECTOR_NAMES:
+            valid = ", ".join(face_detection.DETECTOR_NAMES)
+            p.error(f"--detectors: unknown detector {name!r}; valid names: {valid}")
+        try:
+            face_detection.get_face_detector(name)
+        except ImportError as e:
+            p.error(f"--detectors {name}: {e} (or leave it out: --detectors haar)")
     stages = MODEL_STAGES[args.model]
     model_out = args.model_out or str(deploy.bundled_model_path(args.model))
     out = Path(args.out)
@@ -206,12 +234,14 @@ def main(argv=None) -> int:
             if rc:
                 return rc
     center = load_config(stages[-1][0])["data"]["crop_center"]
-    rules = final / "detector_crops" / "haar.json"
-    if not rules.is_file():
-        rc = fit_detector_crops.main(["--detector", "haar", "--split", "300w-train", "--center", center,
-                                      "--out", str(rules), *root])
-        if rc:
-            return rc
+    rule_files = [final / "detector_crops" / f"{name}.json" for name in args.detectors]
+    for name, rules in zip(args.detectors, rule_files):
+        if not rules.is_file():
+            rc = fit_detector_crops.main(["--detector", name, "--split", "300w-train", "--center", center,
+                                          "--out", str(rules), *root])
+            if rc:
+                return rc
+    rules = rule_files[0]
     calibrated = final / "calibrated.pt"
     rc = calibrate.main(["--model", args.final or str(_weights(stages[-1], final)), "--out", str(calibrated),
                          *dev, *root])
@@ -219,15 +249,15 @@ def main(argv=None) -> int:
         return rc
     from pyflm.landmarker import AUTO_REFINE_ROUNDS
 
-    for crops, folder in (("gt", "eval"), ("detector", "eval-haar")):
-        extra = (["--detector", "haar", "--rule", str(rules), "--refine", str(AUTO_REFINE_ROUNDS)]
+    for crops, folder in (("gt", "eval"), ("detector", f"eval-{args.detectors[0]}")):
+        extra = (["--detector", args.detectors[0], "--rule", str(rules), "--refine", str(AUTO_REFINE_ROUNDS)]
                  if crops == "detector" else [])
         rc = evaluate.main(["--checkpoint", str(calibrated), "--splits", *SPLITS, "--crops", crops, *extra,
                             "--out", str(final / folder), *dev, *root])
         if rc:
             return rc
-    path = package(calibrated, rules, model_out, final / "eval" / "results.json",
-                   final / "eval-haar" / "results.json", stages)
+    path = package(calibrated, rule_files, model_out, final / "eval" / "results.json",
+                   final / f"eval-{args.detectors[0]}" / "results.json", stages)
     print(f"wrote {path}")
     return 0
 
