@@ -19,6 +19,7 @@ from benchmarks.peers.evaluation import (
     iou,
     latency_summary,
     match_detection,
+    shared_summary,
     speed_table,
     write_json_atomic,
 )
@@ -127,6 +128,37 @@ def test_accuracy_summary_counts_misses_and_measures_detected_faces():
     assert r["auc@0.08"] == pytest.approx(4 * (1 - 0.05 / 0.08) / 5)
     assert r["mean_offset_xy"][1] == pytest.approx(0.0, abs=1e-12) and r["mean_offset_xy"][0] > 0
     assert len(r["per_image"]) == 5
+    # per face, misses kept in place: what methods that miss different faces are compared on
+    assert r["per_face"][4] is None and r["per_face_eye"][4] is None
+    np.testing.assert_allclose([r["per_face"][i] for i in (0, 1, 2, 3, 5)], r["per_image"])
+    np.testing.assert_allclose([r["per_face"][i] for i in (0, 2)], 0.05)
+    assert r["per_face_eye"][1] == pytest.approx(0.2)
+
+
+def test_shared_summary_scores_the_faces_every_method_found():
+    rng = np.random.default_rng()
+    gt = [_face_points(rng, b) for b in _random_boxes(rng, 5)]
+    d = [np.linalg.norm(g[36] - g[45]) for g in gt]
+    errs = {"a": [0.01, 0.02, 0.03, 0.04, 0.09], "b": [0.05, 0.06, 0.07, 0.08, 0.12]}
+    preds = {k: [g + [e * di, 0.0] for g, di, e in zip(gt, d, v)] for k, v in errs.items()}
+    preds["a"][1] = None  # a misses face 1, b misses face 3
+    preds["b"][3] = None
+    summaries = {k: accuracy_summary(v, gt) for k, v in preds.items()}
+    assert summaries["a"]["nme"] == pytest.approx((0.01 + 0.03 + 0.04 + 0.09) / 4)
+    got = shared_summary(summaries)
+    for k, v in errs.items():  # faces 0, 2, 4
+        g = got[k]
+        assert (g["n"], g["misses"]) == (5, 2) and g["miss_rate"] == pytest.approx(0.4)
+        np.testing.assert_allclose(g["per_image"], [v[0], v[2], v[4]])
+        assert g["nme"] == pytest.approx((v[0] + v[2] + v[4]) / 3) and g["eye_nme"] == pytest.approx(g["nme"])
+    assert got["a"]["fr@0.08"] == pytest.approx(1 / 3) and got["a"]["fr@0.1"] == 0.0
+    assert got["b"]["fr@0.1"] == pytest.approx(1 / 3) and summaries["b"]["fr@0.1"] == pytest.approx(1 / 4)
+    assert got["a"]["auc@0.08"] == pytest.approx((1 - 0.01 / 0.08 + 1 - 0.03 / 0.08) / 3)
+    assert shared_summary({}) == {}
+    none = shared_summary({"a": summaries["a"], "c": accuracy_summary([None] * 5, gt)})
+    assert none["a"]["misses"] == 5 and none["a"]["nme"] is None
+    with pytest.raises(ValueError, match="different face lists"):
+        shared_summary({"a": summaries["a"], "d": accuracy_summary(preds["a"][:4], gt[:4])})
 
 
 def test_accuracy_summary_all_missed_and_errors():
@@ -275,6 +307,50 @@ def test_run_worker_subprocess_and_evaluate_method(images, tmp_path, monkeypatch
     assert cv2.imread(str(tmp_path / "out" / "ced.png")) is not None
 
 
+def test_hog_boxes_and_found_by_all_rows(images, tmp_path):
+    """pyflm rows on dlib's detections ("hog"): the boxes go to the worker as
+    "dlib-hog" boxes, faces dlib missed are misses; the report puts dlib's own rows
+    beside them and scores every method on the faces all own detectors found."""
+    rng = np.random.default_rng()
+    faces = [{"id": f"helen-test/{i}", "image": img, "part": "helen-test",
+              "gt": _face_points(rng, [40 + i, 30, 120, 90 - i])} for i, img in enumerate(images)]
+    faces[2]["gt"] = _face_points(rng, [0, 0, 20, 20])  # the fake detector's box misses it
+    hog = [[38.0, 28.0, 122.0, 92.0], None, [0.0, 0.0, 21.0, 21.0]]
+    items = compare.hog_items(faces, hog)
+    assert [it["id"] for it in items] == ["helen-test/0", "helen-test/2"]
+    assert all(it["box_type"] == "dlib-hog" and len(it["boxes"]) == 1 for it in items)
+    args = ({}, faces, ["helen"], BoxMap(), 1, tmp_path / "work")
+    r = compare.evaluate_method("fake", "peer", sys.executable, *args, hog_boxes=hog)
+    acc = r["accuracy"]
+    assert acc["helen/hog"]["misses"] == 1 and acc["helen/hog"]["per_face"][1] is None
+    assert acc["helen/own"]["misses"] == 1 and r["own_boxes"][2] is None and len(r["own_boxes"][0]) == 4
+    # face 0's landmarks are the fake method's template drawn in the hog box it was given
+    from pyflm import metrics
+
+    want = _worker_module().FakeMethod().landmarks(None, hog[0])
+    assert acc["helen/hog"]["per_face"][0] == pytest.approx(float(metrics.nme(want[None], faces[0]["gt"][None])[0]))
+    dlib = compare.evaluate_method("fake", "peer", sys.executable, *args)
+    dlib.update(label="dlib", method="dlib")  # stands in for dlib's row: its "hog" boxes are its own
+    assert "helen/hog" not in dlib["accuracy"]
+    doc = compare.report([r, dlib], ["helen"], tmp_path / "out", {})
+    table = doc["tables"]["accuracy"]
+    for row in ("fake, helen, dlib HOG boxes", "dlib, helen, dlib HOG boxes", "fake, helen, own boxes, found by all",
+                "dlib, helen, own boxes, found by all"):
+        assert f"| {row} |" in table
+    assert r["accuracy"]["helen/shared"]["misses"] == 1  # both own detectors miss face 2 only
+    assert r["accuracy"]["helen/shared"]["nme"] == pytest.approx(r["accuracy"]["helen/own"]["nme"])
+    alone = compare.report([dlib], ["helen"], tmp_path / "out1", {})["tables"]["accuracy"]
+    assert "HOG" not in alone and "found by all" not in alone  # nothing to set them beside
+    assert cv2.imread(str(tmp_path / "out" / "ced.png")).shape[0] > cv2.imread(str(tmp_path / "out1" / "ced.png")).shape[0]
+
+
+def test_has_hog_rule(tmp_path):
+    for name in ("default", "fast"):
+        assert compare.has_hog_rule(name) == ("dlib-hog" in deploy.load_model_file(
+            deploy.model_path(name))["meta"]["crop"]["boxes"])
+    assert not compare.has_hog_rule(str(tmp_path / "missing.pt"))
+
+
 def test_run_worker_reports_worker_failure(tmp_path):
     with pytest.raises(RuntimeError, match="unknown method"):
         compare.run_worker(sys.executable, {"method": "nope", "items": []}, "nope", tmp_path)
@@ -401,5 +477,12 @@ def test_pyflm_adapter_against_the_face_landmarker_api(images, monkeypatch):
     assert a["faces"][0]["box"] == [1, 2, 30, 40] and a["full_s"] is None
     assert b["detections"] == [[5.0, 6.0, 55.0, 66.0, 0.9]] and b["full_s"] >= 0 and b["detect_s"] is None
     assert np.array(b["faces"][0]["landmarks"]).shape == (68, 2)
+    calls.clear()
+    try:
+        w.run_job({"method": "pyflm", "threads": 1, "warmup": 0, "options": {"model": "m.pt"},
+                   "items": [{"id": "h", "image": images[0], "boxes": [[3, 4, 50, 60]], "box_type": "dlib-hog"}]})
+    finally:
+        torch.set_num_threads(threads)
+    assert calls[1] == ("detect", (120, 160, 3), [[3, 4, 50, 60]], "dlib-hog")  # read with the model's HOG rule
 
     assert compare.pyflm_available() is None  # the real API is there

@@ -5,7 +5,7 @@
     python -m benchmarks.peers.compare --quick          # ~50 faces, smoke check
     python -m benchmarks.peers.compare --methods dlib,lbf --pyflm-model paper=runs/x/model.pt
 
-Every method sees identical faces and two kinds of box:
+Every method sees identical faces and these kinds of box:
 
 * ``gt``: the tight box of the 68 ground-truth landmarks. pyflm takes it as is
   (``box_type="tight"``); dlib and LBF expect their own detector's boxes, so the
@@ -16,6 +16,14 @@ Every method sees identical faces and two kinds of box:
   its default detector), matched to the annotated face by IoU with its tight box
   (>= MATCH_MIN_IOU). A face without a match is a detection miss: counted, and
   left out of the NME/FR/AUC.
+* ``hog`` (pyflm rows, when dlib runs too): dlib's own detections, the very
+  boxes dlib's row used, read with the model's ``"dlib-hog"`` crop rule (and the
+  refinement rounds of its settings): both landmarkers on identical detector
+  boxes. Faces dlib missed are misses here too.
+
+Own detectors miss different faces, so besides each method's NME over the faces
+it found, the report gives every method's NME over the faces *all* the own
+detectors found ("found by all" rows, ``shared_summary``).
 
 Each method runs in a subprocess (peer_worker.py): dlib and LBF with the peers'
 venv, pyflm with this Python. Latency: per-face landmark time and per-image
@@ -56,6 +64,7 @@ from benchmarks.peers.evaluation import (
     accuracy_table,
     latency_summary,
     match_detection,
+    shared_summary,
     speed_table,
     write_json_atomic,
 )
@@ -68,6 +77,7 @@ WORKER = HERE / "peer_worker.py"
 BOX_MAPS = HERE / "box_maps.json"
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "peers"
 PEER_METHODS = ("dlib", "lbf")
+HOG_BOX_TYPE = "dlib-hog"  # the crop rule pyflm's model files carry for dlib's HOG boxes
 SPLIT_PARTS = {"common": ("helen-test", "lfpw-test"), "helen": ("helen-test",), "lfpw": ("lfpw-test",)}
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS")
@@ -229,32 +239,69 @@ def method_jobs(kind: str, faces: list[dict], box_map: BoxMap | None) -> dict[st
     return {"gt": gt_items, "own": own_items}
 
 
-def predictions(source: str, faces: list[dict], result: dict) -> list:
-    """Per face the [68, 2] landmarks, or None (own detector: no matching detection)."""
+def hog_items(faces: list[dict], boxes: list) -> list[dict]:
+    """Job items giving pyflm dlib's boxes (``boxes``: per face dlib's matched
+    detection, or None where dlib missed it: no item)."""
+    return [{"id": f["id"], "image": f["image"], "boxes": [list(b[:4])], "box_type": HOG_BOX_TYPE}
+            for f, b in zip(faces, boxes) if b is not None]
+
+
+def matched(faces: list[dict], result: dict) -> list:
+    """Own-detector result -> per face (box, [68, 2] landmarks) of the detection
+    matched to it, or None (no matching detection)."""
     by_id = {it["id"]: it for it in result["items"]}
     out = []
     for f in faces:
         it = by_id[f["id"]]
         if it.get("error"):
             raise RuntimeError(f"{result['method']}: {it['error']}")
-        if source == "gt":
-            out.append(np.asarray(it["faces"][0]["landmarks"]))
-            continue
         k = match_detection(tight_box(f["gt"]), [fc["box"] for fc in it["faces"]])
-        out.append(None if k is None else np.asarray(it["faces"][k]["landmarks"]))
+        out.append(None if k is None else (it["faces"][k]["box"], np.asarray(it["faces"][k]["landmarks"])))
     return out
 
 
+def predictions(source: str, faces: list[dict], result: dict) -> list:
+    """Per face the [68, 2] landmarks, or None (own detector: no matching
+    detection; "hog": a face dlib missed, which has no item)."""
+    if source == "own":
+        return [None if m is None else m[1] for m in matched(faces, result)]
+    by_id = {it["id"]: it for it in result["items"]}
+    out = []
+    for f in faces:
+        it = by_id.get(f["id"])
+        if it is None and source == "hog":
+            out.append(None)
+            continue
+        if it.get("error"):
+            raise RuntimeError(f"{result['method']}: {it['error']}")
+        out.append(np.asarray(it["faces"][0]["landmarks"]))
+    return out
+
+
+def has_hog_rule(model: str) -> bool:
+    """Whether pyflm model ``model`` (a bundled name or a file) has a crop rule for dlib's boxes."""
+    try:
+        return HOG_BOX_TYPE in deploy.load_model_file(deploy.model_path(model))["meta"]["crop"].get("boxes", {})
+    except deploy.ModelFileError:
+        return False
+
+
 def evaluate_method(label: str, kind: str, python, options: dict, faces: list[dict], splits: list[str],
-                    box_map: BoxMap | None, timing_faces: int, workdir: Path) -> dict:
-    """Accuracy (gt and own boxes) per split, latency (1 and 2 threads), RSS, model size."""
+                    box_map: BoxMap | None, timing_faces: int, workdir: Path, hog_boxes: list | None = None) -> dict:
+    """Accuracy (gt and own boxes, and dlib's ``hog_boxes`` when given) per
+    split, latency (1 and 2 threads), RSS, model size, and the own detector's
+    box matched to each face ("own_boxes", None where missed)."""
     jobs = method_jobs(kind, faces, box_map)
+    if hog_boxes is not None:
+        jobs["hog"] = hog_items(faces, hog_boxes)
     method = "pyflm" if kind == "pyflm" else label
-    acc, raw = {}, {}
-    for source in ("gt", "own"):
+    acc, raw, own_boxes = {}, {}, None
+    for source in jobs:
         raw[source] = run_worker(python, {"method": method, "threads": 1, "options": options,
                                           "items": jobs[source]}, f"{label} {source} boxes", workdir)
         preds = predictions(source, faces, raw[source])
+        if source == "own":
+            own_boxes = [None if m is None else m[0] for m in matched(faces, raw[source])]
         for s in splits:
             keep = [i for i, f in enumerate(faces) if f["part"] in SPLIT_PARTS[s]]
             acc[f"{s}/{source}"] = accuracy_summary([preds[i] for i in keep], [faces[i]["gt"] for i in keep])
@@ -277,7 +324,7 @@ def evaluate_method(label: str, kind: str, python, options: dict, faces: list[di
     speed["model_mb"] = landmark_file["bytes"] / 2**20 if landmark_file else None
     return {"label": label, "method": method, "options": options, "versions": raw["gt"]["versions"],
             "model_files": files, "accuracy": acc, "speed": speed,
-            "box_map": box_map.to_dict() if box_map else None}
+            "box_map": box_map.to_dict() if box_map else None, "own_boxes": own_boxes}
 
 
 def pyflm_available() -> str | None:
@@ -292,14 +339,45 @@ def pyflm_available() -> str | None:
 # ---------------------------------------------------------------- report
 
 
+SOURCE_NAMES = {"gt": "gt boxes", "own": "own boxes", "hog": "dlib HOG boxes", "shared": "own boxes, found by all"}
+
+
+def source_summary(r: dict, key: str) -> dict | None:
+    """r's accuracy for "<split>/<source>"; dlib's "hog" boxes are its own."""
+    split, _, source = key.partition("/")
+    if source == "hog" and r["method"] == "dlib":
+        return r["accuracy"].get(f"{split}/own")
+    return r["accuracy"].get(key)
+
+
+def present_sources(results: list[dict], splits: list[str]) -> list[str]:
+    """The box sources some result has (dlib's "hog" rows only beside pyflm's)."""
+    return [src for src in SOURCE_NAMES if any(f"{s}/{src}" in r["accuracy"] for r in results for s in splits)]
+
+
+def add_shared(results: list[dict], splits: list[str]) -> None:
+    """r["accuracy"]["<split>/shared"]: each method over the faces all own detectors
+    found (set anew: a result list reported again gets no stale rows)."""
+    for s in splits:
+        for r in results:
+            r["accuracy"].pop(f"{s}/shared", None)
+        own = {i: r["accuracy"][f"{s}/own"] for i, r in enumerate(results)
+               if "per_face" in r["accuracy"].get(f"{s}/own", {})}
+        if len(own) < 2:
+            continue
+        for i, summary in shared_summary(own).items():
+            results[i]["accuracy"][f"{s}/shared"] = summary
+
+
 def report(results: list[dict], splits: list[str], out: Path, meta: dict) -> dict:
+    add_shared(results, splits)
     acc_rows = {}
-    for r in results:
-        for s in splits:
-            for source in ("gt", "own"):
-                key = f"{s}/{source}"
-                if key in r["accuracy"]:
-                    acc_rows[f"{r['label']}, {s}, {source} boxes"] = r["accuracy"][key]
+    for source in present_sources(results, splits):
+        for r in results:
+            for s in splits:
+                summary = source_summary(r, f"{s}/{source}")
+                if summary is not None:
+                    acc_rows[f"{r['label']}, {s}, {SOURCE_NAMES[source]}"] = summary
     speed_rows = {r["label"]: r["speed"] for r in results}
     tables = {"accuracy": accuracy_table(acc_rows), "speed": speed_table(speed_rows)}
     kernels = meta.get("kernels") or {}
@@ -321,7 +399,7 @@ def plot_ced_grid(results: list[dict], splits: list[str], path: Path) -> Path:
 
     from pyflm.metrics import auc, ced_curve
 
-    sources = ("gt", "own")
+    sources = present_sources(results, splits)
     fig, axes = plt.subplots(len(sources), len(splits), figsize=(4.2 * len(splits), 3.6 * len(sources)),
                              squeeze=False)
     try:
@@ -330,14 +408,14 @@ def plot_ced_grid(results: list[dict], splits: list[str], path: Path) -> Path:
                 ax = axes[i][j]
                 plotted = 0
                 for r in results:
-                    a = r["accuracy"].get(f"{s}/{src}")
+                    a = source_summary(r, f"{s}/{src}")
                     if not a or not a["per_image"]:
                         continue
                     t, f = ced_curve(a["per_image"], 0.10)  # detected faces, as in the table
                     miss = f", {a['misses']} missed" if a["misses"] else ""
                     ax.plot(t, f, label=f"{r['label']} (AUC@0.08 {auc(a['per_image'], 0.08):.3f}{miss})")
                     plotted += 1
-                ax.set_title(f"{s}, {src} boxes", fontsize=10)
+                ax.set_title(f"{s}, {SOURCE_NAMES[src]}", fontsize=10)
                 ax.set_xlim(0, 0.10)
                 ax.set_ylim(0, 1)
                 ax.grid(True, alpha=0.3)
@@ -498,10 +576,19 @@ def main(argv=None) -> int:
         if a.fit_box_maps or missing:
             fit_box_maps(peers if a.fit_box_maps else missing, py_peers, a.quick, workdir, a.data_root)
             box_maps = load_box_maps()
-        for label, kind, python, options in todo:
-            results.append(evaluate_method(label, kind, python, options, faces, a.splits,
-                                           box_maps.get(label) if kind == "peer" else None,
-                                           a.timing_faces, workdir))
+        done, hog = {}, None
+        # the peers first: dlib's detections are the "hog" boxes of the pyflm rows
+        for i in sorted(range(len(todo)), key=lambda i: todo[i][1] == "pyflm"):
+            label, kind, python, options = todo[i]
+            with_hog = hog if kind == "pyflm" and hog is not None and has_hog_rule(options["model"]) else None
+            if kind == "pyflm" and hog is not None and with_hog is None:
+                print(f"{label}: its model has no {HOG_BOX_TYPE!r} crop rule; no dlib HOG box rows")
+            done[i] = evaluate_method(label, kind, python, options, faces, a.splits,
+                                      box_maps.get(label) if kind == "peer" else None, a.timing_faces, workdir,
+                                      hog_boxes=with_hog)
+            if label == "dlib":
+                hog = done[i]["own_boxes"]
+        results = [done[i] for i in range(len(todo))]
         if a.train_check and peers:
             checked = train_check(peers, py_peers, a.quick, workdir, a.data_root)
         kernels = run_kernels(a.kernels)

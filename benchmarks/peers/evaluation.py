@@ -103,7 +103,9 @@ def accuracy_summary(pred: list, gt: list) -> dict:
 
     ``pred``: per face a [68, 2] array, or None for a detection miss; ``gt``:
     per face [68, 2]. Returns n, misses, miss_rate, and over detected faces
-    nme, eye_nme, fr@0.08, fr@0.1, auc@0.08 (fractions), plus per_image NMEs.
+    nme, eye_nme, fr@0.08, fr@0.1, auc@0.08 (fractions), plus per_image NMEs
+    (detected faces) and per_face NMEs and eye NMEs (every face, None where
+    missed: what ``shared_summary`` compares methods on).
     """
     if len(pred) != len(gt):
         raise ValueError(f"{len(pred)} predictions for {len(gt)} faces")
@@ -113,13 +115,48 @@ def accuracy_summary(pred: list, gt: list) -> dict:
     out = {"n": len(gt), "misses": len(gt) - len(hit), "miss_rate": (len(gt) - len(hit)) / len(gt)}
     if not hit:
         return {**out, "nme": None, "eye_nme": None, "fr@0.08": None, "fr@0.1": None, "auc@0.08": None,
-                "per_image": []}
+                "per_image": [], "per_face": [None] * len(gt), "per_face_eye": [None] * len(gt)}
     p = np.stack([np.asarray(pred[i], dtype=np.float64) for i in hit])
     g = np.stack([np.asarray(gt[i], dtype=np.float64) for i in hit])
     r = metrics.evaluate(p, g, fr_thresholds=(0.08, 0.10), auc_thresholds=(0.08,))
     bias = (p - g).mean(axis=(0, 1)) / metrics.normalizer(g).mean()
+    per_face, per_face_eye = [None] * len(gt), [None] * len(gt)
+    for i, e, eye in zip(hit, r["per_image"], metrics.eye_anchor_nme(p, g)):
+        per_face[i], per_face_eye[i] = float(e), float(eye)
     return {**out, "nme": r["nme"], "eye_nme": r["eye_nme"], "fr@0.08": r["fr@0.08"], "fr@0.1": r["fr@0.1"],
-            "auc@0.08": r["auc@0.08"], "mean_offset_xy": bias.tolist(), "per_image": r["per_image"].tolist()}
+            "auc@0.08": r["auc@0.08"], "mean_offset_xy": bias.tolist(), "per_image": r["per_image"].tolist(),
+            "per_face": per_face, "per_face_eye": per_face_eye}
+
+
+def shared_summary(summaries: dict[str, dict]) -> dict[str, dict]:
+    """Each method's metrics over the faces *every* method found.
+
+    ``summaries``: {label: accuracy_summary(...)} of the same faces (e.g. each
+    method with its own detector, which miss different faces, so their NMEs
+    over "the faces found" average over different faces). Returns {label:
+    summary} with n (all faces), misses (faces some method missed), nme,
+    eye_nme, fr@0.08, fr@0.1, auc@0.08 and per_image over the shared faces.
+    """
+    if not summaries:
+        return {}
+    sizes = {len(s["per_face"]) for s in summaries.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"summaries of different face lists (sizes {sorted(sizes)})")
+    (n,) = sizes
+    keep = [i for i in range(n) if all(s["per_face"][i] is not None for s in summaries.values())]
+    out = {}
+    for label, s in summaries.items():
+        base = {"n": n, "misses": n - len(keep), "miss_rate": (n - len(keep)) / n}
+        if not keep:
+            out[label] = {**base, "nme": None, "eye_nme": None, "fr@0.08": None, "fr@0.1": None, "auc@0.08": None,
+                          "per_image": []}
+            continue
+        e = np.array([s["per_face"][i] for i in keep])
+        eye = np.array([s["per_face_eye"][i] for i in keep])
+        out[label] = {**base, "nme": float(e.mean()), "eye_nme": float(eye.mean()),
+                      "fr@0.08": metrics.failure_rate(e, 0.08), "fr@0.1": metrics.failure_rate(e, 0.10),
+                      "auc@0.08": metrics.auc(e, 0.08), "per_image": e.tolist()}
+    return out
 
 
 def latency_summary(items: list[dict]) -> dict:

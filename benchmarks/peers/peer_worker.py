@@ -16,12 +16,13 @@ Job (JSON)::
      "warmup": 2,                   # untimed calls on the first item before timing
      "items": [{"id": "helen/123", "image": "/path.jpg",
                 "boxes": [[x0, y0, x1, y1], ...],      # landmarks in these boxes, or
-                "box_type": "native" | "tight"},
+                "box_type": "native" | "tight" | "dlib-hog"},
                {"id": ..., "image": ..., "detect": true}]}  # the method's own detector first
 
 Boxes are float (x0, y0, x1, y1) in 0-based pixel coordinates. dlib and LBF
 take only "native" boxes (their detector's kind: the parent maps ground-truth
-boxes to it); pyflm takes "tight" boxes (the landmarks' bounding box) itself.
+boxes to it); pyflm takes "tight" boxes (the landmarks' bounding box) itself,
+and "dlib-hog" boxes (dlib's detector's, read with the model's crop rule for them).
 
 Result (JSON)::
 
@@ -219,10 +220,10 @@ class PyflmMethod(Method):
     """pyflm.FaceLandmarker (run with the project's venv, repo root on sys.path).
     Options: ``model`` ("default" or a model file), ``detector`` ("default"),
     ``backend`` ("torch" or "onnxruntime"), ``flip_test`` (bool), ``refine`` (int). Boxes sent to it are tight landmark
-    boxes (``box_type="tight"``)."""
+    boxes (``box_type="tight"``) or dlib's HOG boxes (``"dlib-hog"``)."""
 
     name = "pyflm"
-    box_types = ("native", "tight")
+    box_types = ("native", "tight", "dlib-hog")
     detect_yields_landmarks = True
 
     def __init__(self, model: str = "default", detector: str = "default", threads: int = 1, backend: str = "torch",
@@ -255,7 +256,7 @@ class PyflmMethod(Method):
     def landmarks(self, image, box, box_type="native"):
         # native boxes come from pyflm's own detector: read them with that detector's fitted crop rule
         native = getattr(getattr(self.lm, "detector", None), "name", None) or "tight"
-        faces = self.lm.detect(image, boxes=[list(box[:4])], box_type="tight" if box_type == "tight" else native)
+        faces = self.lm.detect(image, boxes=[list(box[:4])], box_type=native if box_type == "native" else box_type)
         return np.asarray(faces[0].landmarks, dtype=np.float64)
 
 
@@ -264,7 +265,7 @@ class FakeMethod(Method):
     half of the image. Option ``delay`` (seconds) simulates work."""
 
     name = "fake"
-    box_types = ("native", "tight")
+    box_types = ("native", "tight", "dlib-hog")
 
     def __init__(self, delay: float = 0.0):
         self.delay = float(delay)
