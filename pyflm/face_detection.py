@@ -90,9 +90,10 @@ DEFAULT_MAX_SIDE = 640  # the C++ tool's --max-side default too (csrc/tools/dete
 DEFAULT_FALLBACK_NEIGHBOURS = 3  # HaarFaceDetector.fallback_min_neighbors (the C++ tool: kDefaultFallbackNeighbours)
 
 
-def _check_neighbours(name: str, value, alternative: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0{alternative}, got {value!r}")
+def _check_int(name: str, value, minimum: int = 0, alternative: str = "", unit: str = "") -> None:
+    """An integer count or size (not a bool, not a float that int() would truncate)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}{unit}{alternative}, got {value!r}")
 
 
 class HaarFaceDetector(FaceDetector):
@@ -134,13 +135,13 @@ class HaarFaceDetector(FaceDetector):
 
         if not scale_factor > 1.0:
             raise ValueError(f"scale_factor must be > 1, got {scale_factor}")
-        _check_neighbours("min_neighbors", min_neighbors)
+        _check_int("min_neighbors", min_neighbors)
         if fallback_min_neighbors is not None:
-            _check_neighbours("fallback_min_neighbors", fallback_min_neighbors, " or None")
-        if min_size is not None and not int(min_size) >= 1:
-            raise ValueError(f"min_size must be >= 1 pixel or None, got {min_size}")
-        if max_side is not None and not int(max_side) >= 32:
-            raise ValueError(f"max_side must be >= 32 pixels or None, got {max_side}")
+            _check_int("fallback_min_neighbors", fallback_min_neighbors, 0, " or None")
+        if min_size is not None:
+            _check_int("min_size", min_size, 1, " or None", " pixels")
+        if max_side is not None:
+            _check_int("max_side", max_side, 32, " or None", " pixels")
         path = Path(cascade) if cascade is not None else Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
         if not path.is_file():
             raise FileNotFoundError(f"Haar cascade file not found: {path}")
@@ -214,8 +215,7 @@ class DlibHogDetector(FaceDetector):
             import dlib
         except ImportError as e:
             raise ImportError(_DLIB_HINT) from e
-        if int(upsample) < 0:
-            raise ValueError(f"upsample must be >= 0, got {upsample}")
+        _check_int("upsample", upsample)
         self._detector = dlib.get_frontal_face_detector()
         self.upsample = int(upsample)
         self.adjust_threshold = float(adjust_threshold)

@@ -136,7 +136,7 @@ def _bad_model(tmp_path):
     (["--boxes", "{tmp}/nope.json"], "nope.json"),
     (["--boxes", "BOXES_TEXT"], "not readable JSON"),
     (["--boxes", "BOXES_SHAPE"], "shape"),
-    (["--max-side", "16"], "--max-side: max_side must be >= 32"),
+    (["--max-side", "16"], "--max-side: max_side must be an integer >= 32 pixels or None, got 16"),
 ])
 def test_detect_usage_errors(tmp_path, capsys, extra, needle):
     (tmp_path / "boxes_text.json").write_text("{not json")

@@ -224,6 +224,13 @@ def test_haar_arguments_and_cascade_errors(tmp_path):
     for kw in (dict(scale_factor=1.0), dict(min_neighbors=-1), dict(min_size=0), dict(max_side=8)):
         with pytest.raises(ValueError, match=next(iter(kw))):
             HaarFaceDetector(**kw)
+    # sizes are whole pixels: a float is not truncated, a string is not parsed, a bool is no size
+    for name, bad in (("min_size", 30.5), ("min_size", "30"), ("min_size", True), ("max_side", 640.0),
+                      ("max_side", "640")):
+        with pytest.raises(ValueError, match=rf"{name} must be an integer >= \d+ pixels or None, got "):
+            HaarFaceDetector(**{name: bad})
+    det = HaarFaceDetector(min_size=np.int64(30), max_side=np.int32(320))
+    assert (det.min_size, det.max_side) == (30, 320) and type(det.min_size) is int
 
 
 @pytest.mark.parametrize("image", [np.zeros((10, 10), np.uint8), np.zeros((10, 10, 3), np.float32),
@@ -289,8 +296,9 @@ def test_dlib_conversion_with_mock(monkeypatch, rng):
     sent, up, adj = calls[0]
     np.testing.assert_array_equal(sent, img[:, :, ::-1])  # dlib gets RGB
     assert up == 2 and adj == -0.5
-    with pytest.raises(ValueError, match="upsample"):
-        DlibHogDetector(upsample=-1)
+    for bad in (-1, 1.5, "1"):
+        with pytest.raises(ValueError, match=r"upsample must be an integer >= 0, got "):
+            DlibHogDetector(upsample=bad)
 
 
 def test_dlib_mock_no_faces(monkeypatch, rng):
