@@ -212,6 +212,13 @@ def test_write_json_atomic(tmp_path):
         write_json_atomic(path, {"bad": object()})
     assert json.loads(path.read_text())["a"] == 1.5  # the old file survives a failed write
     assert [p.name for p in path.parent.iterdir()] == ["r.json"]  # no temp file left
+    nested = {"per_face": [0.031, None, -1e-05, 2.5e+20, 0.036123456789, 7], "rows": [{"x": [1, 2]}, "s"],
+              "empty": [], "t": ["a", "b"], "f": 0.036123456789}
+    text = write_json_atomic(path, nested).read_text()
+    # number lists on one line, their floats to 7 significant digits; everything else as json.dumps writes it
+    assert json.loads(text) == {**nested, "per_face": [0.031, None, -1e-05, 2.5e+20, 0.03612346, 7]}
+    assert '"per_face": [0.031, null, -1e-05, 2.5e+20, 0.03612346, 7]' in text and '"x": [1, 2]' in text
+    assert '"a",\n' in text and '"f": 0.036123456789' in text
 
 
 # ---------------------------------------------------------------- the worker protocol
@@ -359,7 +366,9 @@ def test_run_worker_reports_worker_failure(tmp_path):
 def test_parse_args():
     a = compare.parse_args(["--quick", "--splits", "helen", "--methods", "dlib"])
     assert a.splits == ["helen"] and a.methods == ["dlib"] and a.timing_faces == 50
-    for bad in (["--splits", "ibug"], ["--methods", "dlib,xyz"], ["--pyflm-model", "nolabel"],
+    a = compare.parse_args(["--splits", "youtube", "--stride", "5"])
+    assert a.splits == ["youtube"] and a.stride == 5 and compare.SPLIT_PARTS["youtube"] == ("youtube-train",)
+    for bad in (["--splits", "ibug"], ["--methods", "dlib,xyz"], ["--pyflm-model", "nolabel"], ["--stride", "0"],
                 ["--pyflm-model", "x=/nonexistent/model.pt"], ["--pyflm-options", "flop"],
                 ["--pyflm-options", "refine=11"], ["--pyflm-options", "flip+refine"], ["--pyflm-bundled", "tiny"]):
         with pytest.raises(SystemExit):
@@ -435,6 +444,10 @@ def test_main_without_peers_or_pyflm_api(tmp_path, monkeypatch):
                          "--kernels", "off"]) == 0
     doc = json.loads((out / "peers.json").read_text())
     assert doc["kernels"] is None and "kernels" not in doc["tables"] and len(kernel_calls) == 1
+    assert compare.main(["--methods", "pyflm", "--data-root", str(tmp_path / "data"), "--out", str(out),
+                         "--kernels", "off", "--stride", "2"]) == 0
+    doc = json.loads((out / "peers.json").read_text())
+    assert doc["faces"] == 2 and doc["stride"] == 2  # every 2nd face of each split
 
 
 def test_pyflm_adapter_against_the_face_landmarker_api(images, monkeypatch):

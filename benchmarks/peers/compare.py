@@ -78,7 +78,10 @@ BOX_MAPS = HERE / "box_maps.json"
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "peers"
 PEER_METHODS = ("dlib", "lbf")
 HOG_BOX_TYPE = "dlib-hog"  # the crop rule pyflm's model files carry for dlib's HOG boxes
-SPLIT_PARTS = {"common": ("helen-test", "lfpw-test"), "helen": ("helen-test",), "lfpw": ("lfpw-test",)}
+# "youtube": the YouTube Faces frames of ../shared/data, which neither pyflm's bundled models nor,
+# as far as is known, dlib's or LBF's were trained on (pyflm's never: they were its check set)
+SPLIT_PARTS = {"common": ("helen-test", "lfpw-test"), "helen": ("helen-test",), "lfpw": ("lfpw-test",),
+               "youtube": ("youtube-train",)}
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS")
 
@@ -139,19 +142,19 @@ def run_worker(python, job: dict, desc: str, workdir: Path) -> dict:
 # ---------------------------------------------------------------- faces and box maps
 
 
-def load_faces(splits: list[str], quick: bool, root=None) -> list[dict]:
+def load_faces(splits: list[str], quick: bool, root=None, stride: int = 1) -> list[dict]:
     """Test faces of the union of ``splits`` as {"id", "image", "gt" [68, 2], "part"}.
-    ``quick``: every k-th face, about 25 per test set."""
-    return load_faces_of_parts(sorted({part for s in splits for part in SPLIT_PARTS[s]}), quick, root)
+    ``quick``: every k-th face, about 25 per test set; ``stride``: every stride-th face."""
+    return load_faces_of_parts(sorted({part for s in splits for part in SPLIT_PARTS[s]}), quick, root, stride)
 
 
-def load_faces_of_parts(parts: list[str], quick: bool, root=None) -> list[dict]:
+def load_faces_of_parts(parts: list[str], quick: bool, root=None, stride: int = 1) -> list[dict]:
     """Faces of pyflm.data split names (e.g. "helen-test"); see load_faces."""
     from pyflm.data.splits import load_split
 
     faces = []
     for part in parts:
-        samples = load_split(part, root=root)
+        samples = load_split(part, root=root)[::stride]
         if quick:
             samples = samples[:: max(1, len(samples) // 25)][:25]
         for s in samples:
@@ -391,41 +394,45 @@ def report(results: list[dict], splits: list[str], out: Path, meta: dict) -> dic
 
 
 def plot_ced_grid(results: list[dict], splits: list[str], path: Path) -> Path:
-    """One PNG: a CED panel per (split, box source), one curve per method."""
+    """One PNG: a CED panel per (split, box source), one curve per method in the
+    same colour in every panel, and one legend below them all (AUC and misses
+    are in the table)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from pyflm.metrics import auc, ced_curve
+    from pyflm.metrics import ced_curve
 
     sources = present_sources(results, splits)
-    fig, axes = plt.subplots(len(sources), len(splits), figsize=(4.2 * len(splits), 3.6 * len(sources)),
-                             squeeze=False)
+    colours = plt.get_cmap("tab10").colors
+    legend_rows = (len(results) + 1) // 2
+    size = (4.2 * len(splits), 3.4 * len(sources) + 0.3 * legend_rows)
+    fig, axes = plt.subplots(len(sources), len(splits), figsize=size, squeeze=False)
     try:
+        handles = {}
         for j, s in enumerate(splits):
             for i, src in enumerate(sources):
                 ax = axes[i][j]
-                plotted = 0
-                for r in results:
+                for k, r in enumerate(results):
                     a = source_summary(r, f"{s}/{src}")
                     if not a or not a["per_image"]:
                         continue
                     t, f = ced_curve(a["per_image"], 0.10)  # detected faces, as in the table
-                    miss = f", {a['misses']} missed" if a["misses"] else ""
-                    ax.plot(t, f, label=f"{r['label']} (AUC@0.08 {auc(a['per_image'], 0.08):.3f}{miss})")
-                    plotted += 1
+                    (line,) = ax.plot(t, f, color=colours[k % len(colours)], linestyle="-" if k < 10 else "--")
+                    handles.setdefault(r["label"], line)
                 ax.set_title(f"{s}, {SOURCE_NAMES[src]}", fontsize=10)
                 ax.set_xlim(0, 0.10)
                 ax.set_ylim(0, 1)
                 ax.grid(True, alpha=0.3)
                 ax.set_xlabel("NME (outer eye corners)")
                 ax.set_ylabel("fraction of faces")
-                if plotted:
-                    ax.legend(loc="lower right", fontsize=8)
-                else:
+                if not ax.lines:
                     ax.text(0.05, 0.5, "no detected faces", transform=ax.transAxes)
-        fig.tight_layout()
+        bottom = 0.3 * legend_rows / fig.get_figheight() + 0.02
+        if handles:
+            fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=2, fontsize=9, frameon=False)
+        fig.tight_layout(rect=(0, bottom, 1, 1))
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
         os.close(fd)
@@ -443,7 +450,10 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--quick", action="store_true", help="~50 faces, short timing: a smoke check")
-    p.add_argument("--splits", default="common,helen,lfpw", help="comma list of common, helen, lfpw")
+    p.add_argument("--splits", default="common,helen,lfpw",
+                   help="comma list of common, helen, lfpw, youtube (the YouTube Faces frames: held out for pyflm)")
+    p.add_argument("--stride", type=int, default=1, metavar="K",
+                   help="every K-th face of each split (default 1: all; e.g. 5 for the 3,462 YouTube frames)")
     p.add_argument("--methods", default="pyflm,dlib,lbf", help="comma list of pyflm, dlib, lbf")
     p.add_argument("--pyflm-backend", nargs="+", default=["onnxruntime"], choices=("torch", "onnxruntime"),
                    help="FaceLandmarker backends to run pyflm's models with, one row each (default: onnxruntime, "
@@ -493,6 +503,8 @@ def parse_args(argv=None):
         a.pyflm_settings = [parse_pyflm_options(spec) for spec in a.pyflm_options]
     except ValueError as e:
         p.error(f"--pyflm-options: {e}")
+    if a.stride < 1:
+        p.error(f"--stride must be >= 1, got {a.stride}")
     if a.timing_faces is None:
         a.timing_faces = 50 if a.quick else 200
     return a
@@ -551,7 +563,7 @@ def main(argv=None) -> int:
 
     peers = [m for m in a.methods if m in PEER_METHODS]
     py_peers = peers_python(a.peers_python) if peers else None
-    faces = load_faces(a.splits, a.quick, a.data_root)
+    faces = load_faces(a.splits, a.quick, a.data_root, a.stride)
     todo = []  # (label, kind, python, options)
     skipped = {}
     why = pyflm_available() if ("pyflm" in a.methods or a.pyflm_models) else None
@@ -596,7 +608,7 @@ def main(argv=None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     meta = {"machine": machine(), "command": " ".join(["python -m benchmarks.peers.compare"] + list(
                 sys.argv[1:] if argv is None else argv)),
-            "quick": a.quick, "splits": a.splits, "faces": len(faces), "skipped": skipped,
+            "quick": a.quick, "stride": a.stride, "splits": a.splits, "faces": len(faces), "skipped": skipped,
             "match_min_iou": MATCH_MIN_IOU, "load_average": {"before": load_before, "after": os.getloadavg()},
             "train_check": checked, "kernels": kernels}
     doc = report(results, a.splits, a.out, meta)
