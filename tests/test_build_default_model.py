@@ -3,6 +3,8 @@ stage's best weights (train / fit / evaluate / package stubbed out)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from training import build_default_model as bdm
@@ -145,13 +147,18 @@ def test_fast_model_is_five_more_stages(calls, tmp_path, monkeypatch):
 
 
 def test_fast_distill_config_matches_its_stage():
-    """The config's teachers and start are the bundled files the pipeline's
-    TEACHERS / previous stage stand for (its header says which commit's)."""
+    """Run by hand, the config distils from the files the pipeline (its default
+    --out, runs/default) hands its distill stage: TEACHERS' final weights, and the
+    previous stage's as the start (not the bundled fast.pt: this stage's own result)."""
     from training.config import load_config
 
     cfg = load_config("training/configs/fast_distill.toml")
-    assert cfg["distill"]["teacher"] == ["pyflm/weights/default.pt", "pyflm/weights/fast.pt"]
-    assert bdm.TEACHERS == {"distill": ("long", "swa")} and bdm.MODEL_STAGES["fast"][-1][1] == "distill"
+    stages = {stage[1]: stage for stage in bdm.MODEL_STAGES["fast"]}
+    out = Path(bdm.DEFAULT_OUT)
+    want = [str(bdm._weights(stages[name], out / name)) for name in bdm.TEACHERS["distill"]]
+    assert cfg["distill"]["teacher"] == want == ["runs/default/long/best.pt", "runs/default/swa/averaged.pt"]
+    assert [stage[1] for stage in bdm.MODEL_STAGES["fast"][-2:]] == ["swa", "distill"]
+    assert cfg["train"]["init_from"] == want[1]
 
 
 def test_pruning_stage_starts_from_the_pruned_previous_weights(calls, tmp_path, monkeypatch):

@@ -67,6 +67,7 @@ __all__ = ["package", "main"]
 DATA_LICENCE = ("Trained on the 300-W training images (AFW, HELEN, LFPW; iBUG annotations), which are licensed "
                 "for non-commercial research only; the weights carry the same restriction.")
 SPLITS = ("common", "helen-test", "lfpw-test")
+DEFAULT_OUT = "runs/default"  # --out; training/configs/fast_distill.toml names files under it
 # (config, run folder under --out): each stage starts from the previous one's best.pt
 STAGES = (("training/configs/default.toml", "."), ("training/configs/default_box.toml", "box"),
           ("training/configs/default_long.toml", "long"))
@@ -168,7 +169,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.build_default_model", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=sorted(MODEL_STAGES), default="default",
                    help="which bundled model to build (default: default; fast adds 128 px stages after it)")
-    p.add_argument("--out", default="runs/default", help="run folder (default runs/default)")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"run folder (default {DEFAULT_OUT})")
     p.add_argument("--model-out", default=None,
                    help="model file to write (default: the bundled pyflm/weights/<model>.pt)")
     p.add_argument("--skip-train", action="store_true", help="use the final stage's weights as they are")
