@@ -302,9 +302,12 @@ def evaluate_method(label: str, kind: str, python, options: dict, faces: list[di
     for source in jobs:
         raw[source] = run_worker(python, {"method": method, "threads": 1, "options": options,
                                           "items": jobs[source]}, f"{label} {source} boxes", workdir)
-        preds = predictions(source, faces, raw[source])
-        if source == "own":
-            own_boxes = [None if m is None else m[0] for m in matched(faces, raw[source])]
+        if source == "own":  # the matched detections give the landmarks and the boxes
+            found = matched(faces, raw[source])
+            preds = [None if m is None else m[1] for m in found]
+            own_boxes = [None if m is None else m[0] for m in found]
+        else:
+            preds = predictions(source, faces, raw[source])
         for s in splits:
             keep = [i for i, f in enumerate(faces) if f["part"] in SPLIT_PARTS[s]]
             acc[f"{s}/{source}"] = accuracy_summary([preds[i] for i in keep], [faces[i]["gt"] for i in keep])
