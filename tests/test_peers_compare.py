@@ -414,7 +414,7 @@ def _write_pts(path, pts):
     path.write_text("\n".join(lines) + "\n")
 
 
-def test_main_without_peers_or_pyflm_api(tmp_path, monkeypatch):
+def test_main_without_peers_or_pyflm_api(tmp_path, monkeypatch, capsys):
     """The command line end to end on a tiny data root: pyflm without
     FaceLandmarker is skipped with its reason, and the JSON still lands."""
 
@@ -448,6 +448,11 @@ def test_main_without_peers_or_pyflm_api(tmp_path, monkeypatch):
                          "--kernels", "off", "--stride", "2"]) == 0
     doc = json.loads((out / "peers.json").read_text())
     assert doc["faces"] == 2 and doc["stride"] == 2  # every 2nd face of each split
+    # a split whose folder the data root lacks: one line, exit 2, nothing written
+    (out / "peers.json").unlink()
+    assert compare.main(["--methods", "pyflm", "--data-root", str(tmp_path / "data"), "--out", str(out),
+                         "--splits", "youtube"]) == 2
+    assert "youtube_faces/training" in capsys.readouterr().err and not (out / "peers.json").exists()
 
 
 def test_pyflm_adapter_against_the_face_landmarker_api(images, monkeypatch):

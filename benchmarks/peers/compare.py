@@ -566,7 +566,11 @@ def main(argv=None) -> int:
 
     peers = [m for m in a.methods if m in PEER_METHODS]
     py_peers = peers_python(a.peers_python) if peers else None
-    faces = load_faces(a.splits, a.quick, a.data_root, a.stride)
+    try:
+        faces = load_faces(a.splits, a.quick, a.data_root, a.stride)
+    except FileNotFoundError as e:  # a split's folder is missing under the data root
+        print(f"benchmarks.peers.compare: error: {e}", file=sys.stderr)
+        return 2
     todo = []  # (label, kind, python, options)
     skipped = {}
     why = pyflm_available() if ("pyflm" in a.methods or a.pyflm_models) else None
