@@ -497,7 +497,7 @@ def test_refine_rounds_on_given_boxes_match_python(cli, model_ts, model_file, tm
     boxes_file.write_text(json.dumps({str(photo): [loose]}))
     img = cv2.imread(str(photo))
     _, meta = deploy.load_torchscript(model_ts)
-    box_types = ["tight"] + (["haar"] if "haar" in meta["crop"]["boxes"] else [])
+    box_types = ["tight"] + sorted(k for k in meta["crop"]["boxes"] if k != "tight")  # haar, dlib-hog, ...
     for box_type in box_types:
         for refine, rounds in (("1", 1), ("auto", 0 if box_type == "tight" else AUTO_REFINE_ROUNDS)):
             proc = _run(cli, "--model", model_ts, "--ops", _ops(), "--boxes", boxes_file, "--box-type", box_type,
