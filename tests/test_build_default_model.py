@@ -44,21 +44,26 @@ def test_stages_chain_their_weights(calls, tmp_path):
     calibrated = f"{folders[-1]}/calibrated.pt"
     assert cal[cal.index("--model") + 1] == f"{folders[-1]}/best.pt" and cal[cal.index("--out") + 1] == calibrated
     evals = [argv for what, argv in calls if what == "eval"]
-    assert len(evals) == 2 and all(argv[argv.index("--checkpoint") + 1] == calibrated for argv in evals)
+    assert len(evals) == 3 and all(argv[argv.index("--checkpoint") + 1] == calibrated for argv in evals)
     # detected faces are evaluated after the refinement rounds detect() gives them by default
     from pyflm.landmarker import AUTO_REFINE_ROUNDS
 
-    assert "--refine" not in evals[0] and evals[1][evals[1].index("--refine") + 1] == str(AUTO_REFINE_ROUNDS)
-    assert [what for what, _ in calls[-4:]] == ["calibrate", "eval", "eval", "package"]
+    assert "--refine" not in evals[0] and evals[0][evals[0].index("--crops") + 1] == "gt"
+    assert all(e[e.index("--refine") + 1] == str(AUTO_REFINE_ROUNDS) for e in evals[1:])
+    assert [what for what, _ in calls[-5:]] == ["calibrate", "eval", "eval", "eval", "package"]
     assert str(calls[-1][1][0]) == calibrated
-    # a crop rule per detector, checked before any training; the first one's crops are evaluated
+    # a crop rule per detector, checked before any training, and each detector's crops evaluated
     assert [a for what, a in calls if what == "detector"] == list(bdm.DETECTORS) == ["haar", "dlib-hog"]
     assert [what for what, _ in calls].index("train") > 1
     fits = [argv for what, argv in calls if what == "fit"]
     rules = [f"{folders[-1]}/detector_crops/{name}.json" for name in bdm.DETECTORS]
     assert [(f[f.index("--detector") + 1], f[f.index("--out") + 1]) for f in fits] == list(zip(bdm.DETECTORS, rules))
-    assert evals[1][evals[1].index("--detector") + 1] == "haar" and evals[1][evals[1].index("--rule") + 1] == rules[0]
-    assert [str(r) for r in calls[-1][1][1]] == rules
+    assert [(e[e.index("--crops") + 1], e[e.index("--detector") + 1], e[e.index("--rule") + 1],
+             e[e.index("--out") + 1]) for e in evals[1:]] == [
+        ("detector", name, rule, f"{folders[-1]}/eval-{name}") for name, rule in zip(bdm.DETECTORS, rules)]
+    package_args = calls[-1][1]
+    assert [str(r) for r in package_args[1]] == rules and str(package_args[3]) == f"{folders[-1]}/eval/results.json"
+    assert [str(r) for r in package_args[4]] == [f"{folders[-1]}/eval-{name}/results.json" for name in bdm.DETECTORS]
 
 
 def test_detectors_option(calls, tmp_path, monkeypatch, capsys):
@@ -252,5 +257,25 @@ def test_package_writes_the_card(tmp_path):
     got = deploy.load_model_file(out)["meta"]
     assert got["crop"]["boxes"] == {"tight": rules["tight_rule"], "haar": rules["rule"], "dlib-hog": hog["rule"]}
     assert got["crop"]["fitted_on"]["detected_fraction"] == 0.9 and "haar_crops" in got["metrics"]
+    assert "dlib-hog_crops" not in got["metrics"]  # one evaluation file: the first detector's
+    # an evaluation per detector: each in the card, one note for the rounds they share
+    hog_stats = {"common": {"faces": 4, "detected": 4, "detection_misses": 0, "detected_fraction": 1.0}}
+    (tmp_path / "det_hog.json").write_text(json.dumps({"m": {"common": {**common, "nme": 0.035}},
+                                                       "_meta": {"refine": 2, "detector": {"splits": hog_stats}}}))
+    out = bdm.package(src, [tmp_path / "rules.json", tmp_path / "hog.json"], tmp_path / "out3.pt",
+                      tmp_path / "gt.json", [tmp_path / "det.json", tmp_path / "det_hog.json"])
+    got = deploy.load_model_file(out)["meta"]
+    assert got["metrics"]["haar_crops"]["common"]["nme"] == 0.04 and got["metrics"]["haar_crops"]["common"]["n"] == 3
+    assert got["metrics"]["dlib-hog_crops"]["common"]["nme"] == 0.035
+    assert got["metrics"]["dlib-hog_crops"]["common"]["detection_misses"] == 0
+    assert ("haar_crops, dlib-hog_crops: each detector's boxes by its fitted crop rule, then 2 refinement rounds"
+            in got["metrics_note"])
+    out = bdm.package(src, [tmp_path / "rules.json", tmp_path / "hog.json"], tmp_path / "out4.pt",
+                      tmp_path / "gt.json", [None, tmp_path / "det_hog.json"])
+    got = deploy.load_model_file(out)["meta"]
+    assert "haar_crops" not in got["metrics"] and "dlib-hog_crops: the detector's boxes" in got["metrics_note"]
+    with pytest.raises(ValueError, match="3 detector evaluations for 2 crop rules"):
+        bdm.package(src, [tmp_path / "rules.json", tmp_path / "hog.json"], tmp_path / "out5.pt", None,
+                    [tmp_path / "det.json"] * 3)
     assert got["crop"]["fitted_on"]["detectors"] == {"haar": {"split": "300w-train", "detected_fraction": 0.9},
                                                      "dlib-hog": {"split": "300w-train", "detected_fraction": 0.95}}

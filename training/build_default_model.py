@@ -41,8 +41,7 @@ Steps (each writes under ``--out``; a finished step's outputs are reused with
    of FILE instead, e.g. an existing bundled model, with no training): the
    per-landmark offset fitted on the held-out 10%, into ``calibrated.pt``;
 5. ``training.evaluate`` of ``calibrated.pt`` on the 300-W common, HELEN
-   and LFPW test sets, with ground-truth crops and with Haar detector crops (the
-   first of ``--detectors``)
+   and LFPW test sets, with ground-truth crops and with each detector's crops
    followed by the refinement rounds ``FaceLandmarker.detect`` gives detected
    faces by default (``--refine 2``), so the model card shows what a user gets;
 6. the model file ``pyflm/weights/<model>.pt`` (:mod:`pyflm.deploy` format):
@@ -84,8 +83,8 @@ FAST_STAGES = (("training/configs/fast.toml", "fast"), ("training/configs/fast_s
 # as --teacher: the networks the config's distill.teacher names as bundled files
 TEACHERS = {"distill": ("long", "swa")}
 MODEL_STAGES = {"default": STAGES, "fast": STAGES + FAST_STAGES}
-# the face detectors whose box -> crop rules the model file carries; the first one's crops
-# are evaluated for the model card (the default detector)
+# the face detectors whose box -> crop rules the model file carries, each evaluated for the
+# model card; the first one's figures also fill meta.crop.fitted_on (the default detector)
 DETECTORS = ("haar", "dlib-hog")
 KEPT = ("nme", "eye_nme", "fr@0.08", "fr@0.1", "auc@0.08", "n", "detected", "detection_misses", "detected_fraction")
 
@@ -130,10 +129,12 @@ def _average_snapshots(config: str, folder: Path, dev: list, root: list) -> int:
     return average.main(["--models", *map(str, snaps), "--out", str(folder / "averaged.pt"), *dev, *root])
 
 
-def package(checkpoint, rules_files, out_file, eval_gt=None, eval_detector=None, stages=STAGES) -> Path:
+def package(checkpoint, rules_files, out_file, eval_gt=None, eval_detectors=None, stages=STAGES) -> Path:
     """Write the bundled model file from a training checkpoint, the fitted crop
-    rules (one fit_detector_crops JSON, or a list: one per detector, the first
-    the detector ``eval_detector`` used) and evaluation results (evaluate JSON)."""
+    rules (one fit_detector_crops JSON, or a list: one per detector) and
+    evaluation results (evaluate JSON): ``eval_gt`` with ground-truth crops,
+    ``eval_detectors`` with detector crops (one file, the first detector's, or a
+    list aligned with the rules, None where a detector was not evaluated)."""
     mf = deploy.load_model_file(checkpoint)
     meta = mf["meta"]
     files = [rules_files] if isinstance(rules_files, (str, Path)) else list(rules_files)
@@ -150,13 +151,20 @@ def package(checkpoint, rules_files, out_file, eval_gt=None, eval_detector=None,
     metrics = {}
     if eval_gt:
         metrics["gt_crops"] = _metrics(eval_gt)
-    if eval_detector:
-        metrics[f"{rules['detector']}_crops"] = _metrics(eval_detector)
+    evals = [eval_detectors] if isinstance(eval_detectors, (str, Path)) else list(eval_detectors or [])
+    if len(evals) > len(fits):
+        raise ValueError(f"{len(evals)} detector evaluations for {len(fits)} crop rules")
+    rounds_of = {}  # refinement rounds -> the metrics keys measured with them
+    for fit, results in zip(fits, evals):
+        if results:
+            metrics[f"{fit['detector']}_crops"] = _metrics(results)
+            rounds = json.loads(Path(results).read_text(encoding="utf-8")).get("_meta", {}).get("refine", 0)
+            rounds_of.setdefault(rounds, []).append(f"{fit['detector']}_crops")
     meta["metrics"] = metrics
     meta["metrics_note"] = "fractions; nme = inter-ocular (outer eye corners 36, 45); 300-W test sets"
-    if eval_detector:
-        rounds = json.loads(Path(eval_detector).read_text(encoding="utf-8")).get("_meta", {}).get("refine", 0)
-        meta["metrics_note"] += (f"; {rules['detector']}_crops: the detector's boxes by its fitted crop rule, then "
+    for rounds, keys in rounds_of.items():
+        whose = "the detector's" if len(keys) == 1 else "each detector's"
+        meta["metrics_note"] += (f"; {', '.join(keys)}: {whose} boxes by its fitted crop rule, then "
                                  f"{rounds} refinement round{'' if rounds == 1 else 's'} from the predicted landmarks")
     meta["licence"] = DATA_LICENCE
     meta["training"]["source"] = " then ".join(
@@ -182,8 +190,8 @@ def main(argv=None) -> int:
                    help="the final stage's weights (checkpoint or model file) instead of training: recalibrate, "
                         "re-evaluate and repackage them (outputs under --out)")
     p.add_argument("--detectors", nargs="+", default=list(DETECTORS), metavar="NAME",
-                   help=f"face detectors to fit crop rules for (default: {' '.join(DETECTORS)}; the first is "
-                        "also evaluated for the model card; dlib-hog needs dlib: pip install dlib-bin)")
+                   help=f"face detectors to fit crop rules for and evaluate (default: {' '.join(DETECTORS)}; "
+                        "dlib-hog needs dlib: pip install dlib-bin)")
     p.add_argument("--device", default=None)
     p.add_argument("--root", default=None, help="data root (default PYFLM_DATA or ../shared/data)")
     args = p.parse_args(argv)
@@ -242,7 +250,6 @@ def main(argv=None) -> int:
                                           "--out", str(rules), *root])
             if rc:
                 return rc
-    rules = rule_files[0]
     calibrated = final / "calibrated.pt"
     rc = calibrate.main(["--model", args.final or str(_weights(stages[-1], final)), "--out", str(calibrated),
                          *dev, *root])
@@ -250,15 +257,16 @@ def main(argv=None) -> int:
         return rc
     from pyflm.landmarker import AUTO_REFINE_ROUNDS
 
-    for crops, folder in (("gt", "eval"), ("detector", f"eval-{args.detectors[0]}")):
-        extra = (["--detector", args.detectors[0], "--rule", str(rules), "--refine", str(AUTO_REFINE_ROUNDS)]
-                 if crops == "detector" else [])
-        rc = evaluate.main(["--checkpoint", str(calibrated), "--splits", *SPLITS, "--crops", crops, *extra,
-                            "--out", str(final / folder), *dev, *root])
+    # ground-truth crops, then each detector's crops with the rounds detect() gives them
+    runs = [("eval", [])] + [(f"eval-{name}", ["--detector", name, "--rule", str(rules), "--refine",
+                                               str(AUTO_REFINE_ROUNDS)]) for name, rules in zip(args.detectors, rule_files)]
+    for folder, extra in runs:
+        rc = evaluate.main(["--checkpoint", str(calibrated), "--splits", *SPLITS,
+                            "--crops", "detector" if extra else "gt", *extra, "--out", str(final / folder), *dev, *root])
         if rc:
             return rc
     path = package(calibrated, rule_files, model_out, final / "eval" / "results.json",
-                   final / f"eval-{args.detectors[0]}" / "results.json", stages)
+                   [final / folder / "results.json" for folder, _ in runs[1:]], stages)
     print(f"wrote {path}")
     return 0
 
