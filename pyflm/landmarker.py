@@ -382,9 +382,11 @@ class FaceLandmarker:
         return self._rule("tight")
 
     # ------------------------------------------------------------------ pipeline
-    def _prepare(self, image, boxes, box_type, input_order) -> _Job:
+    def _prepare(self, image, boxes, box_type, input_order, copy: bool = False) -> _Job:
+        """``copy=False``: the job may hold the caller's array itself (read only);
+        right while the caller cannot change it before the job is finished."""
         t0 = time.perf_counter()
-        img = load_image(image, input_order=input_order)
+        img = load_image(image, input_order=input_order, copy=copy)
         t1 = time.perf_counter()
         if boxes is not None:
             b = check_boxes(boxes)
@@ -425,7 +427,8 @@ class FaceLandmarker:
         coords, scores = [], []
         with torch.inference_mode():
             for i in range(0, len(images), self.max_batch_size):
-                batch = torch.from_numpy(np.stack(images[i:i + self.max_batch_size]))
+                part = images[i:i + self.max_batch_size]
+                batch = torch.from_numpy(part[0][None] if len(part) == 1 else np.stack(part))
                 c, s = self._predict(batch.to(self.device))
                 coords.append(c.float().cpu().numpy().astype(np.float64))
                 scores.append(s.float().cpu().numpy())
@@ -439,7 +442,9 @@ class FaceLandmarker:
         [M, K]). A face whose landmarks are not finite, or all one point, keeps
         its crop."""
         coords, scores = self._forward(images)
-        rounds = np.broadcast_to(np.asarray(rounds, dtype=np.int64), (len(crops),))
+        rounds = np.asarray(rounds, dtype=np.int64)
+        if rounds.ndim == 0:
+            rounds = np.full(len(crops), rounds)
         crops = list(crops)
         scale, center = self.landmark_rule
         for r in range(int(rounds.max(initial=0))):
@@ -527,8 +532,8 @@ class FaceLandmarker:
             pending.clear()
 
         for key, image, boxes in items:
-            try:
-                job: Any = self._prepare(image, boxes, box_type, input_order)
+            try:  # a copy: the caller's iterable may reuse one frame buffer before the flush
+                job: Any = self._prepare(image, boxes, box_type, input_order, copy=True)
             except Exception as e:  # noqa: BLE001 (one bad file must not stop a folder)
                 job = e
             pending.append((key, job))

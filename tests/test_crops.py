@@ -12,6 +12,7 @@ from pyflm.data import (
     crop_matrix,
     fit_box_to_square,
     invert_affine,
+    similarity_matrix,
     square_from_landmarks,
     transform_points,
     warp_image,
@@ -64,6 +65,25 @@ def test_round_trip_and_inverse(rng, out_size):
         np.testing.assert_allclose(compose_affine(crop.matrix, crop.inverse), ident, atol=1e-12)
         np.testing.assert_allclose(compose_affine(crop.inverse, crop.matrix), ident, atol=1e-12)
         np.testing.assert_allclose(invert_affine(crop.inverse), crop.matrix, rtol=1e-12, atol=1e-9)
+
+
+def test_crop_matrix_and_inverse_match_matrix_algebra(rng):
+    # crop_matrix is written out in scalars for speed: check it against the same map
+    # composed from similarity_matrix, and invert_affine against np.linalg.inv
+    for _ in range(200):
+        c, side, ang = rng.uniform(-500, 1500, 2), rng.uniform(1, 900), rng.choice([0.0, rng.uniform(-180, 180)])
+        ow, oh = rng.integers(1, 300, 2)
+        ref = similarity_matrix(1.0, ang, c, (0.0, 0.0))
+        ref = np.diag([ow / side, oh / side]) @ ref + [[0, 0, (ow - 1) / 2], [0, 0, (oh - 1) / 2]]
+        m = crop_matrix(c, side, (ow, oh), angle_deg=ang)
+        assert m.dtype == np.float64 and m.shape == (2, 3)
+        np.testing.assert_allclose(m, ref, rtol=1e-13, atol=1e-12)
+        full = np.vstack([m, [0, 0, 1]])
+        np.testing.assert_allclose(invert_affine(m), np.linalg.inv(full)[:2], rtol=1e-12, atol=1e-9)
+    with pytest.raises(ValueError, match="side"):
+        crop_matrix((0, 0), 0.0, 8)
+    with pytest.raises(ValueError):
+        crop_matrix((0, 0, 0), 4.0, 8)
 
 
 def test_invert_affine_errors():

@@ -53,6 +53,20 @@ def test_writes_do_not_propagate(rng):
     assert out.max() == 0
 
 
+def test_copy_false_returns_the_array_itself_only_when_nothing_changes(rng):
+    a = _bgr(rng)
+    assert load_image(a, copy=False) is a
+    big = _bgr(rng, 20, 30)
+    converted = {"rgb order": (a, {"input_order": "rgb"}), "rgb output": (a, {"color": "rgb"}),
+                 "grey": (a[:, :, 0], {}), "bgra": (np.dstack([a, a[:, :, :1]]), {}),
+                 "uint16": (a.astype(np.uint16) * 257, {}), "non-contiguous": (big[::2, 1::3], {})}
+    for name, (x, kw) in converted.items():
+        out = load_image(x, copy=False, **kw)
+        assert out.flags.c_contiguous and out.dtype == np.uint8 and out.shape[2] == 3, name
+        assert not np.shares_memory(out, x), name
+        np.testing.assert_array_equal(out, load_image(x, **kw), err_msg=name)
+
+
 def test_rgb_input_and_output_orders(rng):
     a = _bgr(rng)
     rgb = a[:, :, ::-1]

@@ -171,6 +171,18 @@ def test_batch_matches_single(nodet, rng):
         nodet.detect_batch(imgs, boxes=boxes[:2])
 
 
+def test_detect_reads_the_callers_image_without_changing_it(lm, astronaut):
+    # detect() works on the caller's array itself (no copy); it must leave it as it was
+    img = astronaut.copy()
+    faces = lm.detect(img)
+    np.testing.assert_array_equal(img, astronaut)
+    boxed = lm.detect_batch([img, img], boxes=[[f.box for f in faces], None])
+    np.testing.assert_array_equal(img, astronaut)
+    np.testing.assert_allclose(boxed[1][0].landmarks, faces[0].landmarks, atol=1e-4)
+    for f in faces + boxed[0]:
+        assert not any(np.shares_memory(a, img) for a in (f.box, f.landmarks, f.scores))
+
+
 def test_no_face_gives_empty_list(lm):
     assert lm.detect(np.full((200, 240, 3), 127, np.uint8)) == []
     assert lm.detect_batch([np.zeros((64, 64, 3), np.uint8)] * 2) == [[], []]

@@ -19,6 +19,7 @@ Crop rules:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,12 +145,15 @@ def crop_matrix(center, side: float, out_size: int | tuple[int, int], angle_deg:
     if not side > 0:
         raise ValueError(f"side must be > 0, got {side}")
     ow, oh = (out_size, out_size) if np.isscalar(out_size) else out_size
-    m = similarity_matrix(1.0, angle_deg, center, (0.0, 0.0))
-    m[0] *= ow / side
-    m[1] *= oh / side
-    m[0, 2] += (ow - 1) / 2
-    m[1, 2] += (oh - 1) / 2
-    return m
+    # similarity_matrix(1, angle_deg, center), rows scaled to the output, origin moved to
+    # the crop's centre; in Python floats: it runs per face, and NumPy calls on 2x2 arrays cost more
+    cx, cy = center
+    cx, cy = float(cx), float(cy)
+    a = math.radians(angle_deg)
+    c, s = math.cos(a), math.sin(a)
+    kx, ky = ow / side, oh / side
+    return np.array([[c * kx, s * kx, -(c * cx + s * cy) * kx + (ow - 1) / 2],
+                     [-s * ky, c * ky, -(-s * cx + c * cy) * ky + (oh - 1) / 2]], dtype=np.float64)
 
 
 def invert_affine(m) -> np.ndarray:
@@ -157,12 +161,12 @@ def invert_affine(m) -> np.ndarray:
     m = np.asarray(m, dtype=np.float64)
     if m.shape != (2, 3):
         raise ValueError(f"expected a 2x3 matrix, got {m.shape}")
-    a = m[:, :2]
-    det = a[0, 0] * a[1, 1] - a[0, 1] * a[1, 0]
-    if det == 0 or not np.isfinite(det):
+    (a, b, tx), (c, d, ty) = m.tolist()
+    det = a * d - b * c
+    if det == 0 or not math.isfinite(det):
         raise ValueError("affine matrix is singular")
-    inv = np.array([[a[1, 1], -a[0, 1]], [-a[1, 0], a[0, 0]]]) / det
-    return np.hstack([inv, -(inv @ m[:, 2])[:, None]])
+    ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det
+    return np.array([[ia, ib, -(ia * tx + ib * ty)], [ic, id_, -(ic * tx + id_ * ty)]], dtype=np.float64)
 
 
 def compose_affine(*ms) -> np.ndarray:
