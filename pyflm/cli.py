@@ -466,7 +466,7 @@ def _predict_split(lm, samples, crops: str, min_iou: float, desc: str, quiet: bo
     from pyflm.data import tight_box
 
     preds, gts, missed, batch = [], [], 0, []
-    scale, center = lm.landmark_rule
+    scale, center = lm.training_rule  # ground-truth crops: the square the model was trained on
 
     def flush():
         crops, frames, images, targets = zip(*batch)

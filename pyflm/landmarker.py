@@ -16,19 +16,24 @@ border 0; the C++ tool does the same) -> the network (crops batched,
 the exact inverse of the crop matrix.
 
 Refinement (``refine``): after the first prediction, a face is cropped again
-from its predicted landmarks by the training crop rule and predicted again. A
-detector's box is a noisy guess of the training crop; the landmarks are a much
-better one. ``refine="auto"`` (the default) gives every face whose box is not a
-tight landmark box (the face detector's boxes, or boxes you pass with another
-``box_type``) ``AUTO_REFINE_ROUNDS`` = 2 rounds and faces from tight boxes none;
-an int N gives every face N rounds. Each round is one more network pass for the
-faces it covers. Measured on the held-out 10% of the 300-W training photos with
-Haar boxes (2026-12-06; not the test sets), the bundled default's NME is 4.31%
-with no round, 3.98% with one and 3.89% with two (fast: 4.40 / 4.06 / 3.94%):
-with a detector, which costs 50-100 ms an image on a 2-core CPU, two more passes
-of 1-3 ms a face are the cheapest accuracy there is. From exact tight boxes
-rounds cost a little (3.51% -> 3.56% on the 300-W common set with the flip
-test), so ``"auto"`` leaves those faces alone.
+around its predicted landmarks and predicted again, with the model's refinement
+square (``meta["crop"]["refine"]``; models without one use their training
+square). A detector's box is a noisy guess of where the face is; the landmarks
+are a much better one. ``refine="auto"`` (the default) gives every face whose
+box is not a tight landmark box (the face detector's boxes, or boxes you pass
+with another ``box_type``) ``AUTO_REFINE_ROUNDS`` = 2 rounds and faces from
+tight boxes none; an int N gives every face N rounds. Each round is one more
+network pass for the faces it covers. The bundled models' squares (1.5 x the
+landmarks' extent for ``default``, 1.45 for ``fast``, against 1.3 in training:
+their augmentation trained them on faces smaller in the crop) and their detector
+and tight rules, scaled to match, were chosen by ``training.fit_inference_crops``
+on the held-out 10% of the 300-W training photos (2026-12-06; not the test sets),
+where the default's NME with Haar boxes is 4.08% with no round, 3.82% with one
+and 3.73% with two (with the training square: 4.44 / 4.11 / 4.00%): with a
+detector, which costs 50-100 ms an image on a 2-core CPU, two more passes of
+1-3 ms a face are the cheapest accuracy there is. From exact tight boxes rounds
+cost a little (3.74% -> 3.80% with two, same photos), so ``"auto"`` leaves those
+faces alone.
 
 Flip test (``flip_test=True``, mmpose's ``flip_test``): each crop also runs
 mirrored left-right; that prediction is mirrored back (``x -> S - 1 - x``, the
@@ -299,11 +304,17 @@ class FaceLandmarker:
         offset = deploy.decode_offset(self.meta) if self.flip_test else None
         self._flip_shift = None if offset is None else deploy.flip_shift(offset, self._mirror.cpu()).to(dev)
         crop_meta = self.meta.get("crop", {})
-        lm_rule = crop_meta.get("landmarks", {})
-        self.landmark_rule = (float(lm_rule.get("scale", 1.3)), str(lm_rule.get("center", "centroid")))
+        train_rule = crop_meta.get("landmarks", {})
+        train_scale = float(train_rule.get("scale", 1.3))
+        self.training_rule = (train_scale, str(train_rule.get("center", "centroid")))  # the training square
+        # the square cut around predicted landmarks (refinement rounds, video tracking): the
+        # model's fitted meta.crop.refine (training.fit_inference_crops), else the training square
+        lm_rule = crop_meta.get("refine", train_rule)
+        self.landmark_rule = (float(lm_rule.get("scale", train_scale)),
+                              str(lm_rule.get("center", train_rule.get("center", "centroid"))))
         self.box_rules = {k: BoxToSquare(**v) for k, v in crop_meta.get("boxes", {}).items()}
         # every model reads tight landmark boxes: the training square is scale x their larger side
-        self.box_rules.setdefault("tight", BoxToSquare(0.0, 0.0, self.landmark_rule[0], "max"))
+        self.box_rules.setdefault("tight", BoxToSquare(0.0, 0.0, train_scale, "max"))
         if box_type is not None:
             self._rule(box_type)  # validate early
         self.box_type = box_type

@@ -3,6 +3,7 @@ stage's best weights (train / fit / evaluate / package stubbed out)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -13,14 +14,25 @@ from training import build_default_model as bdm
 @pytest.fixture
 def calls(monkeypatch, tmp_path):
     from pyflm import face_detection
-    from training import calibrate, evaluate, fit_detector_crops, train
+    from training import calibrate, evaluate, fit_detector_crops, fit_inference_crops, train
 
     log = []
     monkeypatch.setattr(train, "main", lambda argv: log.append(("train", argv)) or 0)
     monkeypatch.setattr(calibrate, "main", lambda argv: log.append(("calibrate", argv)) or 0)
     monkeypatch.setattr(fit_detector_crops, "main", lambda argv: log.append(("fit", argv)) or 0)
     monkeypatch.setattr(evaluate, "main", lambda argv: log.append(("eval", argv)) or 0)
-    monkeypatch.setattr(bdm, "package", lambda *a: log.append(("package", a)) or tmp_path / "m.pt")
+
+    def fit_inference(argv):  # writes what the real one would: each detector's rule scaled to the square
+        log.append(("fit_inference", argv))
+        names = [Path(f).stem for f in argv[argv.index("--rules") + 1:argv.index("--out")]]
+        Path(argv[argv.index("--out") + 1]).parent.mkdir(parents=True, exist_ok=True)
+        Path(argv[argv.index("--out") + 1]).write_text(json.dumps(
+            {"rules": {n: {"dx": 0.0, "dy": 0.0, "scale": 1.5, "size": "max"} for n in names}}))
+        return 0
+
+    monkeypatch.setattr(fit_inference_crops, "main", fit_inference)
+    # logged as the positional arguments, then the keyword ones as a dict
+    monkeypatch.setattr(bdm, "package", lambda *a, **k: log.append(("package", (*a, k))) or Path(a[2]))
     # the up-front check that each detector can be built (dlib may be missing here)
     monkeypatch.setattr(face_detection, "get_face_detector", lambda name: log.append(("detector", name)))
     return log
@@ -44,13 +56,22 @@ def test_stages_chain_their_weights(calls, tmp_path):
     calibrated = f"{folders[-1]}/calibrated.pt"
     assert cal[cal.index("--model") + 1] == f"{folders[-1]}/best.pt" and cal[cal.index("--out") + 1] == calibrated
     evals = [argv for what, argv in calls if what == "eval"]
-    assert len(evals) == 3 and all(argv[argv.index("--checkpoint") + 1] == calibrated for argv in evals)
+    # evaluated as the model file will be: the calibrated weights with the fitted inference crops
+    (inf,) = [argv for what, argv in calls if what == "fit_inference"]
+    inference = f"{folders[-1]}/inference_crops.json"
+    assert inf[inf.index("--model") + 1] == calibrated and inf[inf.index("--out") + 1] == inference
+    assert inf[inf.index("--rounds") + 1] == "2"
+    with_crops = [a for what, a in calls if what == "package"][0]
+    assert str(with_crops[0]) == calibrated and str(with_crops[2]) == f"{folders[-1]}/with_crops.pt"
+    assert str(with_crops[-1]["inference_crops"]) == inference
+    assert len(evals) == 3 and all(argv[argv.index("--checkpoint") + 1] == str(with_crops[2]) for argv in evals)
     # detected faces are evaluated after the refinement rounds detect() gives them by default
     from pyflm.landmarker import AUTO_REFINE_ROUNDS
 
     assert "--refine" not in evals[0] and evals[0][evals[0].index("--crops") + 1] == "gt"
     assert all(e[e.index("--refine") + 1] == str(AUTO_REFINE_ROUNDS) for e in evals[1:])
-    assert [what for what, _ in calls[-5:]] == ["calibrate", "eval", "eval", "eval", "package"]
+    assert [what for what, _ in calls[-7:]] == ["calibrate", "fit_inference", "package", "eval", "eval", "eval",
+                                                "package"]
     assert str(calls[-1][1][0]) == calibrated
     # a crop rule per detector, checked before any training, and each detector's crops evaluated
     assert [a for what, a in calls if what == "detector"] == list(bdm.DETECTORS) == ["haar", "dlib-hog"]
@@ -58,10 +79,15 @@ def test_stages_chain_their_weights(calls, tmp_path):
     fits = [argv for what, argv in calls if what == "fit"]
     rules = [f"{folders[-1]}/detector_crops/{name}.json" for name in bdm.DETECTORS]
     assert [(f[f.index("--detector") + 1], f[f.index("--out") + 1]) for f in fits] == list(zip(bdm.DETECTORS, rules))
+    assert inf[inf.index("--rules") + 1:inf.index("--out")] == rules
+    # the detectors are evaluated with their rules scaled to the refinement square
+    scaled = [f"{folders[-1]}/detector_crops/{name}.inference.json" for name in bdm.DETECTORS]
     assert [(e[e.index("--crops") + 1], e[e.index("--detector") + 1], e[e.index("--rule") + 1],
              e[e.index("--out") + 1]) for e in evals[1:]] == [
-        ("detector", name, rule, f"{folders[-1]}/eval-{name}") for name, rule in zip(bdm.DETECTORS, rules)]
+        ("detector", name, rule, f"{folders[-1]}/eval-{name}") for name, rule in zip(bdm.DETECTORS, scaled)]
+    assert all(json.loads(Path(f).read_text())["rule"]["scale"] == 1.5 for f in scaled)
     package_args = calls[-1][1]
+    assert str(package_args[-1]["inference_crops"]) == inference
     assert [str(r) for r in package_args[1]] == rules and str(package_args[3]) == f"{folders[-1]}/eval/results.json"
     assert [str(r) for r in package_args[4]] == [f"{folders[-1]}/eval-{name}/results.json" for name in bdm.DETECTORS]
 
@@ -145,10 +171,10 @@ def test_fast_model_is_five_more_stages(calls, tmp_path, monkeypatch):
     evals = [argv for what, argv in calls if what == "eval"]
     (cal,) = [argv for what, argv in calls if what == "calibrate"]
     assert cal[cal.index("--model") + 1] == str(out / "distill" / "best.pt")
-    assert evals and all(argv[argv.index("--checkpoint") + 1] == str(out / "distill" / "calibrated.pt")
+    assert evals and all(argv[argv.index("--checkpoint") + 1] == str(out / "distill" / "with_crops.pt")
                          for argv in evals)
     package_args = calls[-1][1]
-    assert package_args[2] == str(deploy.bundled_model_path("fast")) and package_args[-1] == stages
+    assert package_args[2] == str(deploy.bundled_model_path("fast")) and package_args[-2] == stages
 
 
 def test_fast_distill_config_matches_its_stage():
@@ -178,7 +204,7 @@ def test_pruning_stage_starts_from_the_pruned_previous_weights(calls, tmp_path, 
                      "--model-out", str(tmp_path / "m.pt")]) == 0
     assert pruned == [(str(out / "long" / "best.pt"), "training/configs/fast_slim.toml")]
     assert _trains(calls) == [(stages[-1][0], str(out / "slim"), str(out / "slim" / "pruned.pt"))]
-    (out / "slim").mkdir(parents=True)
+    (out / "slim").mkdir(parents=True, exist_ok=True)  # the run above wrote its inference crops there
     (out / "slim" / "last.pt").write_bytes(b"")
     calls.clear()
     pruned.clear()
@@ -279,3 +305,40 @@ def test_package_writes_the_card(tmp_path):
                     [tmp_path / "det.json"] * 3)
     assert got["crop"]["fitted_on"]["detectors"] == {"haar": {"split": "300w-train", "detected_fraction": 0.9},
                                                      "dlib-hog": {"split": "300w-train", "detected_fraction": 0.95}}
+
+
+def test_package_with_inference_crops(tmp_path):
+    """package(inference_crops=...): the refinement square, the tight rule and the
+    detectors' scaled rules replace the training-square ones; a detector the fit
+    has no rule for is an error."""
+    import json
+
+    from pyflm import deploy
+    from pyflm.models.compact import CompactHeatmapNet
+
+    net = CompactHeatmapNet(num_landmarks=68, input_size=128, width=0.5, decoder_channels=16)
+    meta = deploy.default_meta("compact", 128, 68, 4)
+    meta["training"] = {}
+    src = deploy.save_model_file(tmp_path / "src.pt", "compact", net.init_kwargs, net.state_dict(), meta)
+    rules = {"detector": "haar", "rule": {"dx": 0.01, "dy": 0.15, "scale": 1.1, "size": "max"},
+             "tight_rule": {"dx": 0.0, "dy": 0.0, "scale": 1.3, "size": "max"}, "split": "300w-train",
+             "fit": {"detected_fraction": 0.9}}
+    (tmp_path / "rules.json").write_text(json.dumps(rules))
+    inf = {"refine": {"scale": 1.5, "center": "box"}, "tight_rule": {"dx": 0.0, "dy": 0.0, "scale": 1.35, "size": "max"},
+           "rules": {"haar": {"dx": 0.01, "dy": 0.15, "scale": 1.1 * 1.5 / 1.3, "size": "max"}},
+           "training_scale": 1.3, "rounds": 2, "fitted_on": {"photos": "validation set", "faces": 206},
+           "grid": {"refine_nme": {"1.3": {"haar": 0.04}, "1.5": {"haar": 0.037}}, "tight_nme": {"1.35": 0.037}}}
+    (tmp_path / "inf.json").write_text(json.dumps(inf))
+    got = deploy.load_model_file(bdm.package(src, tmp_path / "rules.json", tmp_path / "out.pt",
+                                             inference_crops=tmp_path / "inf.json"))["meta"]["crop"]
+    assert got["boxes"] == {"tight": inf["tight_rule"], "haar": inf["rules"]["haar"]}
+    assert got["refine"]["scale"] == 1.5 and got["refine"]["center"] == "box" and got["refine"]["faces"] == 206
+    assert got["refine"]["nme"]["refine"] == inf["grid"]["refine_nme"] and got["landmarks"]["scale"] == 1.3
+    from pyflm import FaceLandmarker
+
+    lm = FaceLandmarker(model=tmp_path / "out.pt", detector=None)
+    assert lm.landmark_rule == (1.5, "box") and lm.box_rules["tight"].scale == 1.35
+    assert lm.training_rule[0] == 1.3
+    (tmp_path / "inf2.json").write_text(json.dumps({**inf, "rules": {}}))
+    with pytest.raises(ValueError, match="no scaled rule for \\['haar'\\]"):
+        bdm.package(src, tmp_path / "rules.json", tmp_path / "out2.pt", inference_crops=tmp_path / "inf2.json")

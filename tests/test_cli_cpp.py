@@ -512,6 +512,33 @@ def test_refine_rounds_on_given_boxes_match_python(cli, model_ts, model_file, tm
         assert proc.returncode == 2 and "--refine" in proc.stderr
 
 
+def test_refinement_square_from_meta_matches_python(cli, compiled_module, model_file, tmp_path):
+    """pyflm-detect's rounds cut meta.crop.refine's square (FaceLandmarker's), not
+    the training square; a bad one is a setup error naming it."""
+    photo = Path(pyflm.__file__).parent / "assets" / "astronaut.jpg"
+    loose = [160.0, 50.0, 290.0, 185.0]
+    boxes_file = tmp_path / "boxes.json"
+    boxes_file.write_text(json.dumps({str(photo): [loose]}))
+    img = cv2.imread(str(photo))
+    got = {}
+    for scale in (1.3, 1.7):
+        meta = {**model_file["meta"], "crop": {**model_file["meta"]["crop"], "refine": {"scale": scale}}}
+        mf = {**model_file, "meta": meta}
+        ts = deploy.export_torchscript(mf, tmp_path / f"refine{scale}.ts")
+        proc = _run(cli, "--model", ts, "--ops", _ops(), "--boxes", boxes_file, "--refine", "1", photo)
+        assert proc.returncode == 0, proc.stderr
+        got[scale] = np.array(json.loads(proc.stdout)["images"][0]["faces"][0]["landmarks"])
+        lm = FaceLandmarker(model=mf, detector=None, backend="torch", refine=1)
+        assert lm.landmark_rule[0] == scale
+        want = lm.detect(img, boxes=[loose], box_type="tight")[0].landmarks
+        assert np.abs(got[scale] - want).max() < TOLERANCE_PX, scale
+    assert np.abs(got[1.3] - got[1.7]).max() > 10 * TOLERANCE_PX  # the square really changed
+    meta = {**model_file["meta"], "crop": {**model_file["meta"]["crop"], "refine": {"scale": -1.0}}}
+    ts = deploy.export_torchscript({**model_file, "meta": meta}, tmp_path / "bad.ts")
+    proc = _run(cli, "--model", ts, "--ops", _ops(), "--boxes", boxes_file, "--refine", "1", photo)
+    assert proc.returncode == 2 and "bad crop.refine rule" in proc.stderr
+
+
 def test_large_photo_downscaled_like_python(cli, model_ts, tmp_path):
     """A photo larger than --max-side (default 640): detection runs on a copy with
     a 640-pixel longer side, in C++ as in HaarFaceDetector, and the boxes map back

@@ -149,6 +149,23 @@ def test_bundled_models_have_a_crop_rule_per_detector(name):
         assert 1.0 < rule["scale"] < 1.6 and abs(rule["dx"]) < 0.1 and abs(rule["dy"]) < 0.3
 
 
+@pytest.mark.parametrize("name", ["default", "fast"])
+def test_bundled_models_carry_their_fitted_refinement_square(name):
+    """meta.crop.refine (training.fit_inference_crops): the chosen scale is the
+    grid's best for the detectors, and the detector rules are scaled to it."""
+    crop = deploy.load_model_file(deploy.model_path(name))["meta"]["crop"]
+    refine, train = crop["refine"], crop["landmarks"]
+    assert train["scale"] == 1.3 and refine["center"] == train["center"] == "box"
+    grid = refine["nme"]["refine"]
+    assert 1.3 <= refine["scale"] <= 1.6 and f"{refine['scale']:g}" in grid
+    mean = {r: sum(v.values()) / len(v) for r, v in grid.items()}
+    assert min(mean, key=mean.get) == f"{refine['scale']:g}"
+    assert min(refine["nme"]["tight"], key=refine["nme"]["tight"].get) == f"{crop['boxes']['tight']['scale']:g}"
+    # the detectors' fitted rules (haar 1.1349, dlib-hog 1.3324 of the box, targeting 1.3) scaled by refine / 1.3
+    for det, fitted in (("haar", 1.1349), ("dlib-hog", 1.3324)):
+        assert crop["boxes"][det]["scale"] == pytest.approx(fitted * refine["scale"] / 1.3, abs=1e-3)
+
+
 def test_bundled_model_names():
     assert deploy.model_path("default") == deploy.default_model_path()
     assert deploy.model_path("fast") == deploy.bundled_model_path("fast")

@@ -236,3 +236,20 @@ def test_refined_crop_fn_keeps_the_square_of_a_degenerate_prediction(split):
     prev = E.refined_crop_fn(samples, pred + 5.0, None, 1.3, "box")
     fn2 = E.refined_crop_fn(samples, pred, prev, 1.3, "box")
     assert fn2(samples[1]) == pytest.approx(prev(samples[1]))
+
+
+def test_detector_crops_of_a_model_file_use_its_own_rule(tmp_path, monkeypatch):
+    """training.evaluate --crops detector on a model file: the rule the file carries
+    for that detector (FaceLandmarker's), not runs/detector_crops/<name>.json."""
+    from pyflm import deploy
+    from pyflm.data import BoxToSquare
+    from training import evaluate
+
+    path = deploy.default_model_path()
+    boxes = deploy.load_model_file(path)["meta"]["crop"]["boxes"]
+    assert evaluate._model_rule(path, "haar") == BoxToSquare(**boxes["haar"])
+    pytest.importorskip("dlib")
+    assert evaluate._model_rule(path, "dlib") == BoxToSquare(**boxes["dlib-hog"])  # by the detector's name
+    monkeypatch.chdir(tmp_path)  # a file without rules falls back to the fitted-rules file
+    with pytest.raises(FileNotFoundError, match="runs/detector_crops/haar.json"):
+        evaluate._model_rule(tmp_path / "best.pt", "haar")

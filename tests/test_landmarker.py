@@ -551,15 +551,19 @@ def test_flip_test_needs_a_mirror_permutation():
 
 # ------------------------------------------------------------------ refinement
 def test_refine_recrops_from_the_landmarks(nodet, astronaut, rng):
-    """refine=N: N more passes, each from the training crop of the previous
-    landmarks (for this model: the tight rule around their box); boxes stay."""
-    from pyflm.data.crops import tight_box
+    """refine=N: N more passes, each from the refinement square of the previous
+    landmarks (for this model: a square around their box's centre, meta.crop.refine's
+    scale x its larger side); boxes stay."""
+    from pyflm.data.crops import BoxToSquare, tight_box
 
-    assert nodet.landmark_rule[1] == "box"  # so the tight rule is the training crop of a prediction
+    scale, center = nodet.landmark_rule
+    assert center == "box" and scale > nodet.training_rule[0]  # the bundled model's fitted, larger square
+    by_hand = FaceLandmarker(detector=None, refine=0)
+    by_hand.box_rules["refine-square"] = BoxToSquare(0.0, 0.0, scale, "max")  # the round's crop as a box rule
     loose = FACE_BOX + np.r_[-18, -10, 14, 22] + rng.uniform(-3, 3, 4)  # a detector-like, off-centre box
     want = nodet.detect(astronaut, boxes=[loose])
     for rounds in (1, 2):
-        want = nodet.detect(astronaut, boxes=[tight_box(want[0].landmarks)], box_type="tight")
+        want = by_hand.detect(astronaut, boxes=[tight_box(want[0].landmarks)], box_type="refine-square")
         lm = FaceLandmarker(detector=None, refine=rounds)
         got = lm.detect(astronaut, boxes=[loose, FACE_BOX])
         # by hand the chain goes through float32 landmarks; cv2 rounds sampling positions to

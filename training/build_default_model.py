@@ -40,11 +40,16 @@ Steps (each writes under ``--out``; a finished step's outputs are reused with
    for an averaging stage; ``--final FILE``:
    of FILE instead, e.g. an existing bundled model, with no training): the
    per-landmark offset fitted on the held-out 10%, into ``calibrated.pt``;
-5. ``training.evaluate`` of ``calibrated.pt`` on the 300-W common, HELEN
+5. ``training.fit_inference_crops`` of ``calibrated.pt`` on the same held-out
+   photos: the square refinement rounds cut around predicted landmarks (larger
+   than the training square: the augmentation trained the network on smaller
+   faces), the tight-box scale, and each detector's rule scaled to that square
+   (``inference_crops.json``; ``calibrated.pt`` with them: ``with_crops.pt``);
+6. ``training.evaluate`` of ``with_crops.pt`` on the 300-W common, HELEN
    and LFPW test sets, with ground-truth crops and with each detector's crops
    followed by the refinement rounds ``FaceLandmarker.detect`` gives detected
    faces by default (``--refine 2``), so the model card shows what a user gets;
-6. the model file ``pyflm/weights/<model>.pt`` (:mod:`pyflm.deploy` format):
+7. the model file ``pyflm/weights/<model>.pt`` (:mod:`pyflm.deploy` format):
    weights, calibration offset, the fitted crop rules and the measured accuracy
    in its meta, so ``pyflm info`` shows them.
 
@@ -129,12 +134,16 @@ def _average_snapshots(config: str, folder: Path, dev: list, root: list) -> int:
     return average.main(["--models", *map(str, snaps), "--out", str(folder / "averaged.pt"), *dev, *root])
 
 
-def package(checkpoint, rules_files, out_file, eval_gt=None, eval_detectors=None, stages=STAGES) -> Path:
+def package(checkpoint, rules_files, out_file, eval_gt=None, eval_detectors=None, stages=STAGES,
+            inference_crops=None) -> Path:
     """Write the bundled model file from a training checkpoint, the fitted crop
     rules (one fit_detector_crops JSON, or a list: one per detector) and
     evaluation results (evaluate JSON): ``eval_gt`` with ground-truth crops,
     ``eval_detectors`` with detector crops (one file, the first detector's, or a
-    list aligned with the rules, None where a detector was not evaluated)."""
+    list aligned with the rules, None where a detector was not evaluated).
+    ``inference_crops`` (training.fit_inference_crops JSON): the refinement
+    square (meta.crop.refine), the tight rule and the detectors' rules scaled
+    to it replace the training-square ones."""
     mf = deploy.load_model_file(checkpoint)
     meta = mf["meta"]
     files = [rules_files] if isinstance(rules_files, (str, Path)) else list(rules_files)
@@ -143,6 +152,21 @@ def package(checkpoint, rules_files, out_file, eval_gt=None, eval_detectors=None
     meta["crop"]["boxes"]["tight"] = rules["tight_rule"]
     for fit in fits:
         meta["crop"]["boxes"][fit["detector"]] = fit["rule"]
+    if inference_crops:
+        inf = json.loads(Path(inference_crops).read_text(encoding="utf-8"))
+        missing = [fit["detector"] for fit in fits if fit["detector"] not in inf["rules"]]
+        if missing:
+            raise ValueError(f"{inference_crops} has no scaled rule for {missing}")
+        meta["crop"]["boxes"]["tight"] = inf["tight_rule"]
+        meta["crop"]["boxes"].update({fit["detector"]: inf["rules"][fit["detector"]] for fit in fits})
+        meta["crop"]["refine"] = {
+            **inf["refine"], "fitted_on": inf["fitted_on"]["photos"], "faces": inf["fitted_on"]["faces"],
+            "note": (f"refinement rounds and video tracking cut this square around the predicted landmarks; it and "
+                     f"the tight-box scale were chosen by mean NME on these photos ({inf['rounds']} rounds from each "
+                     f"detector's boxes, one pass from tight boxes); each detector's rule is its fitted one (which "
+                     f"targets the {inf['training_scale']:g} training square) scaled by {inf['refine']['scale']:g} / "
+                     f"{inf['training_scale']:g}, so its first crop is framed like the rounds'"),
+            "nme": {"refine": inf["grid"]["refine_nme"], "tight": inf["grid"]["tight_nme"]}}
     meta["crop"]["fitted_on"] = {"split": rules.get("split"), "detected_fraction": rules["fit"]["detected_fraction"]}
     if len(fits) > 1:  # the first detector's figures stay where they were; every detector's beside them
         meta["crop"]["fitted_on"]["detectors"] = {
@@ -256,17 +280,31 @@ def main(argv=None) -> int:
     if rc:
         return rc
     from pyflm.landmarker import AUTO_REFINE_ROUNDS
+    from pyflm.io import write_json_atomic
+    from training import fit_inference_crops
 
+    inference = final / "inference_crops.json"  # the refinement square, fitted on the held-out photos
+    rc = fit_inference_crops.main(["--model", str(calibrated), "--rules", *map(str, rule_files), "--out",
+                                   str(inference), "--rounds", str(AUTO_REFINE_ROUNDS), *root])
+    if rc:
+        return rc
+    # what the model file will hold, to evaluate: its crops, no metrics yet
+    with_crops = package(calibrated, rule_files, final / "with_crops.pt", stages=stages, inference_crops=inference)
+    scaled = json.loads(inference.read_text(encoding="utf-8"))["rules"]
+    eval_rules = []
+    for name in args.detectors:
+        eval_rules.append(final / "detector_crops" / f"{name}.inference.json")
+        write_json_atomic(eval_rules[-1], {"detector": name, "rule": scaled[name]})
     # ground-truth crops, then each detector's crops with the rounds detect() gives them
     runs = [("eval", [])] + [(f"eval-{name}", ["--detector", name, "--rule", str(rules), "--refine",
-                                               str(AUTO_REFINE_ROUNDS)]) for name, rules in zip(args.detectors, rule_files)]
+                                               str(AUTO_REFINE_ROUNDS)]) for name, rules in zip(args.detectors, eval_rules)]
     for folder, extra in runs:
-        rc = evaluate.main(["--checkpoint", str(calibrated), "--splits", *SPLITS,
+        rc = evaluate.main(["--checkpoint", str(with_crops), "--splits", *SPLITS,
                             "--crops", "detector" if extra else "gt", *extra, "--out", str(final / folder), *dev, *root])
         if rc:
             return rc
     path = package(calibrated, rule_files, model_out, final / "eval" / "results.json",
-                   [final / folder / "results.json" for folder, _ in runs[1:]], stages)
+                   [final / folder / "results.json" for folder, _ in runs[1:]], stages, inference_crops=inference)
     print(f"wrote {path}")
     return 0
 

@@ -36,8 +36,9 @@ the boxes used are written to ``<out>/boxes_<detector>.json``. Or give
 Python, pass any callable ``sample -> box``.
 
 ``--refine N``: after the first pass, N rounds of re-cropping every face from
-its predicted landmarks by the model's own ground-truth crop rule and
-predicting again, as ``FaceLandmarker(refine=N)`` does (``refine="auto"``, its
+its predicted landmarks by the model's refinement square (``meta.crop.refine``
+of a model file; else its ground-truth crop rule) and predicting again, as
+``FaceLandmarker(refine=N)`` does (``refine="auto"``, its
 default, gives faces from a face detector ``AUTO_REFINE_ROUNDS`` = 2 rounds, so
 ``--crops detector --detector haar --refine 2`` measures what ``detect()``
 returns for detected faces). A face whose prediction is not finite or all one
@@ -179,10 +180,12 @@ def evaluate_models(models: Mapping[str, dict], splits: Mapping[str, Sequence[Sa
     """Evaluate several models on several splits.
 
     ``models``: {label: {"predict": callable(batch) -> crop px [B, K, 2],
-    "input_size": int, "crop_scale", "crop_center", "mean", "std"}} (the last
-    four optional). ``splits``: {name: samples}. Returns {label: {split:
-    metrics}} with per-image errors; writes results.json (``extra_meta`` goes
-    into its "_meta") and ced_<split>.png to ``out_dir`` when given.
+    "input_size": int, "crop_scale", "crop_center", "mean", "std",
+    "refine_scale", "refine_center"}} (all but the first two optional; the
+    refine square defaults to the crop one). ``splits``: {name: samples}.
+    Returns {label: {split: metrics}} with per-image errors; writes
+    results.json (``extra_meta`` goes into its "_meta") and ced_<split>.png to
+    ``out_dir`` when given.
     ``crops_label`` says which crops these are, in the JSON and above the
     printed table (default: from ``crops``). ``refine``: refinement rounds
     after the first pass (module docstring)."""
@@ -197,11 +200,13 @@ def evaluate_models(models: Mapping[str, dict], splits: Mapping[str, Sequence[Sa
     for label, spec in models.items():
         results[label] = {}
         scale, center = spec.get("crop_scale", 1.3), spec.get("crop_center", "centroid")
+        # refinement rounds cut the model's refinement square (FaceLandmarker's), if it has one
+        r_scale, r_center = spec.get("refine_scale", scale), spec.get("refine_center", center)
         for split, samples in splits.items():
             fn = crop_fn
             for r in range(int(refine) + 1):
                 if r:
-                    fn = refined_crop_fn(samples, pred, fn, scale, center)
+                    fn = refined_crop_fn(samples, pred, fn, r_scale, r_center)
                 pred, gt = predict_split(spec["predict"], samples, spec["input_size"], scale, center,
                                          spec.get("mean", IMAGENET_MEAN), spec.get("std", IMAGENET_STD), batch_size,
                                          fn, num_workers)
@@ -289,6 +294,22 @@ def _load_rule(path) -> BoxToSquare:
     return BoxToSquare(**data.get("rule", data))
 
 
+def _model_rule(path, detector: str) -> BoxToSquare:
+    """The crop rule ``path``'s model file carries for ``detector``'s boxes (what
+    FaceLandmarker uses), else runs/detector_crops/<detector>.json (checkpoints)."""
+    from pyflm import deploy
+    from pyflm.face_detection import get_face_detector
+
+    try:
+        boxes = deploy.load_model_file(path)["meta"].get("crop", {}).get("boxes", {})
+    except deploy.ModelFileError:
+        boxes = {}
+    name = getattr(get_face_detector(detector), "name", detector)
+    if name in boxes:
+        return BoxToSquare(**boxes[name])
+    return _load_rule(f"runs/detector_crops/{detector}.json")
+
+
 def _model_spec(path, device) -> dict:
     """evaluate_models' entry for a training checkpoint or a pyflm model file
     (pyflm/weights/default.pt, training.calibrate's output): the latter runs its
@@ -312,7 +333,8 @@ def _model_spec(path, device) -> dict:
 
 def model_file_spec(mf: dict, device) -> dict:
     """evaluate_models' entry for a model-file dict: ground-truth crops by the
-    model's own rule (meta.crop.landmarks), normalised as its meta says."""
+    model's own rule (meta.crop.landmarks), refinement rounds by its
+    meta.crop.refine (if any), normalised as its meta says."""
     from pyflm import deploy
 
     predictor = deploy.build_predictor(mf).to(device).eval()
@@ -324,8 +346,11 @@ def model_file_spec(mf: dict, device) -> dict:
     def predict(batch):
         return predictor.decode(predictor.net(batch["image"].to(device)))[0]
 
+    refine = meta["crop"].get("refine", rule)  # the square refinement rounds cut (FaceLandmarker's)
     return {"predict": predict, "input_size": int(meta["input_size"]), "crop_scale": float(rule["scale"]),
-            "crop_center": str(rule["center"]), "mean": tuple(norm["mean"]), "std": tuple(norm["std"])}
+            "crop_center": str(rule["center"]), "mean": tuple(norm["mean"]), "std": tuple(norm["std"]),
+            "refine_scale": float(refine.get("scale", rule["scale"])),
+            "refine_center": str(refine.get("center", rule["center"]))}
 
 
 def main(argv=None) -> int:
@@ -336,7 +361,9 @@ def main(argv=None) -> int:
     p.add_argument("--crops", choices=("gt", "detector"), default="gt")
     p.add_argument("--boxes", default=None, help="boxes JSON for --crops detector")
     p.add_argument("--detector", default=None, help="face detector for --crops detector (e.g. haar)")
-    p.add_argument("--rule", default=None, help="fitted box rule JSON (default runs/detector_crops/<detector>.json)")
+    p.add_argument("--rule", default=None,
+                   help="fitted box rule JSON (default: the model file's own rule for the detector, as "
+                        "FaceLandmarker uses; for a checkpoint runs/detector_crops/<detector>.json)")
     p.add_argument("--refine", type=int, default=0, metavar="N",
                    help="refinement rounds after the first pass: re-crop each face from its predicted landmarks "
                         "and predict again, as FaceLandmarker(refine=N) does (default 0)")
@@ -356,7 +383,7 @@ def main(argv=None) -> int:
         out = Path(args.out) if args.out else Path(args.checkpoint[0]).parent / "eval"
         if args.crops == "detector":
             if args.detector is not None:
-                rule = _load_rule(args.rule or f"runs/detector_crops/{args.detector}.json")
+                rule = _load_rule(args.rule) if args.rule else _model_rule(args.checkpoint[0], args.detector)
                 boxes_file = out / f"boxes_{args.detector}.json"
                 splits, det_stats = detector_boxes(splits, args.detector, out_file=boxes_file)
                 crops, _ = load_boxes(boxes_file)

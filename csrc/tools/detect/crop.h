@@ -30,9 +30,10 @@ struct BoxRule {
 // Throws std::invalid_argument for a box without x1 > x0 and y1 > y0.
 Square box_to_square(const BoxRule& rule, const Box& box);
 
-// meta["crop"]["landmarks"]: the training crop of a face's landmarks, as
-// pyflm.data.crops.square_from_landmarks: side = scale x the larger side of
-// their bounding box, centred at their mean ("centroid") or the box's centre ("box").
+// meta["crop"]["refine"] (else ["landmarks"], the training crop): the square
+// cut around a face's landmarks, as pyflm.data.crops.square_from_landmarks:
+// side = scale x the larger side of their bounding box, centred at their mean
+// ("centroid") or the box's centre ("box").
 struct LandmarkRule {
   double scale = 1.3;
   std::string center = "centroid";

@@ -224,7 +224,10 @@ BoxRule LandmarkModel::box_rule(const std::string& box_type) const {
   const nlohmann::json* boxes = crop_boxes(meta);
   if (box_type == "tight" && (boxes == nullptr || !boxes->contains("tight"))) {
     BoxRule rule;  // the training square: scale x the larger side of the landmarks' box
-    rule.scale = landmark_rule().scale;
+    rule.scale = 1.3;
+    if (meta.contains("crop") && meta["crop"].is_object() && meta["crop"].contains("landmarks")) {
+      rule.scale = meta["crop"]["landmarks"].value("scale", 1.3);
+    }
     return rule;
   }
   if (boxes == nullptr || !boxes->contains(box_type)) {
@@ -254,18 +257,28 @@ BoxRule LandmarkModel::box_rule(const std::string& box_type) const {
 }
 
 LandmarkRule LandmarkModel::landmark_rule() const {
+  // the square around predicted landmarks (refinement rounds): meta.crop.refine when the model
+  // has one fitted (training.fit_inference_crops), else the training square meta.crop.landmarks
   const nlohmann::json& meta = impl_->meta;
   LandmarkRule rule;
-  if (!meta.contains("crop") || !meta["crop"].is_object() || !meta["crop"].contains("landmarks")) return rule;
+  if (!meta.contains("crop") || !meta["crop"].is_object()) return rule;
+  const nlohmann::json& crop = meta["crop"];
+  const char* key = crop.contains("refine") ? "refine" : "landmarks";
+  if (!crop.contains(key)) return rule;
   try {
-    const nlohmann::json& r = meta["crop"]["landmarks"];
-    rule.scale = r.value("scale", 1.3);
-    rule.center = r.value("center", std::string("centroid"));
+    if (crop.contains("landmarks")) {  // refine's defaults are the training square's values
+      rule.scale = crop["landmarks"].value("scale", 1.3);
+      rule.center = crop["landmarks"].value("center", std::string("centroid"));
+    }
+    const nlohmann::json& r = crop[key];
+    rule.scale = r.value("scale", rule.scale);
+    rule.center = r.value("center", rule.center);
   } catch (const std::exception& e) {
-    throw SetupError(std::string("bad crop.landmarks rule in the model's metadata: ") + e.what());
+    throw SetupError(std::string("bad crop.") + key + " rule in the model's metadata: " + e.what());
   }
   if (!(rule.scale > 0) || (rule.center != "centroid" && rule.center != "box")) {
-    throw SetupError("bad crop.landmarks rule in the model's metadata: scale must be > 0 and center 'centroid' or 'box'");
+    throw SetupError(std::string("bad crop.") + key +
+                     " rule in the model's metadata: scale must be > 0 and center 'centroid' or 'box'");
   }
   return rule;
 }

@@ -49,9 +49,10 @@ class LandmarkModel {
   BoxRule box_rule(const std::string& box_type) const;
   bool has_box_rule(const std::string& box_type) const;
 
-  // meta["crop"]["landmarks"] (default: scale 1.3 around the centroid, as
-  // pyflm.FaceLandmarker): the crop that refinement rounds cut from a face's
-  // predicted landmarks. Throws SetupError for a bad scale or centre.
+  // meta["crop"]["refine"], else meta["crop"]["landmarks"] (default: scale 1.3
+  // around the centroid, as pyflm.FaceLandmarker): the crop that refinement
+  // rounds cut from a face's predicted landmarks. Throws SetupError for a bad
+  // scale or centre.
   LandmarkRule landmark_rule() const;
 
   // crops: N uint8 BGR S x S images -> coords [N * K * 2] (crop pixels) and
