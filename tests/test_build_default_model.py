@@ -246,11 +246,8 @@ def test_averaging_stage_averages_its_second_half(tmp_path, monkeypatch, capsys)
     assert "no snapshots from step 1200 on" in capsys.readouterr().err
 
 
-def test_package_writes_the_card(tmp_path):
-    """package(): crop rules, both evaluations and the refinement rounds of the
-    detector rows go into the model file's meta."""
-    import json
-
+def _source_model(tmp_path):
+    """A small untrained model file and a Haar fit_detector_crops JSON (rules.json) for package()."""
     from pyflm import deploy
     from pyflm.models.compact import CompactHeatmapNet
 
@@ -262,6 +259,17 @@ def test_package_writes_the_card(tmp_path):
              "tight_rule": {"dx": 0.0, "dy": 0.0, "scale": 1.3, "size": "max"}, "split": "300w-train",
              "fit": {"detected_fraction": 0.9}}
     (tmp_path / "rules.json").write_text(json.dumps(rules))
+    return src, rules
+
+
+def test_package_writes_the_card(tmp_path):
+    """package(): crop rules, both evaluations and the refinement rounds of the
+    detector rows go into the model file's meta."""
+    import json
+
+    from pyflm import deploy
+
+    src, rules = _source_model(tmp_path)
     common = {"nme": 0.04, "eye_nme": 0.03, "fr@0.08": 0.01, "fr@0.1": 0.0, "auc@0.08": 0.5, "n": 3, "extra": 1}
     (tmp_path / "gt.json").write_text(json.dumps({"m": {"common": common}, "_meta": {"refine": 0}}))
     det_stats = {"common": {"faces": 4, "detected": 3, "detection_misses": 1, "detected_fraction": 0.75}}
@@ -314,16 +322,8 @@ def test_package_with_inference_crops(tmp_path):
     import json
 
     from pyflm import deploy
-    from pyflm.models.compact import CompactHeatmapNet
 
-    net = CompactHeatmapNet(num_landmarks=68, input_size=128, width=0.5, decoder_channels=16)
-    meta = deploy.default_meta("compact", 128, 68, 4)
-    meta["training"] = {}
-    src = deploy.save_model_file(tmp_path / "src.pt", "compact", net.init_kwargs, net.state_dict(), meta)
-    rules = {"detector": "haar", "rule": {"dx": 0.01, "dy": 0.15, "scale": 1.1, "size": "max"},
-             "tight_rule": {"dx": 0.0, "dy": 0.0, "scale": 1.3, "size": "max"}, "split": "300w-train",
-             "fit": {"detected_fraction": 0.9}}
-    (tmp_path / "rules.json").write_text(json.dumps(rules))
+    src, rules = _source_model(tmp_path)
     inf = {"refine": {"scale": 1.5, "center": "box"}, "tight_rule": {"dx": 0.0, "dy": 0.0, "scale": 1.35, "size": "max"},
            "rules": {"haar": {"dx": 0.01, "dy": 0.15, "scale": 1.1 * 1.5 / 1.3, "size": "max"}},
            "training_scale": 1.3, "rounds": 2, "fitted_on": {"photos": "validation set", "faces": 206},
