@@ -70,6 +70,11 @@ def test_main_reports_bad_input(tmp_path, capsys):
     assert fic.main(["--model", str(tmp_path / "bad.pt"), "--rules", str(tmp_path / "r.json"),
                      "--out", str(tmp_path / "o.json")]) == 2
     assert "training.fit_inference_crops: error" in capsys.readouterr().err
+    for content, message in (("nope", "is not JSON"), ('{"x": 1}', "not a training.fit_detector_crops result")):
+        (tmp_path / "bad.json").write_text(content)
+        assert fic.main(["--model", model, "--rules", str(tmp_path / "bad.json"), "--out",
+                         str(tmp_path / "o.json")]) == 2
+        assert message in capsys.readouterr().err
     with pytest.raises(SystemExit):
         fic.main(["--model", model, "--rules", str(tmp_path / "r.json"), "--out", str(tmp_path / "o.json"),
                   "--rounds", "11"])

@@ -173,7 +173,13 @@ def main(argv=None) -> int:
         for f in a.rules:
             if not Path(f).is_file():
                 raise FileNotFoundError(f"--rules: no such file {f}")
-            fits.append(json.loads(Path(f).read_text(encoding="utf-8")))
+            try:
+                fit_ = json.loads(Path(f).read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"--rules: {f} is not JSON ({e})") from None
+            if not isinstance(fit_, dict) or not {"detector", "rule"} <= set(fit_):
+                raise ValueError(f"--rules: {f} is not a training.fit_detector_crops result (no detector / rule)")
+            fits.append(fit_)
         result = fit(mf, fits, a.refine_scales, a.tight_scales, rounds, a.root)
     except (deploy.ModelFileError, ConfigError, FileNotFoundError, ValueError, KeyError) as e:
         print(f"training.fit_inference_crops: error: {e}", file=sys.stderr)
