@@ -514,7 +514,8 @@ def test_refine_rounds_on_given_boxes_match_python(cli, model_ts, model_file, tm
 
 def test_refinement_square_from_meta_matches_python(cli, compiled_module, model_file, tmp_path):
     """pyflm-detect's rounds cut meta.crop.refine's square (FaceLandmarker's), not
-    the training square; a bad one is a setup error naming it."""
+    the training square; a bad one, or a bad training square under the tight
+    fallback, is a setup error naming it."""
     photo = Path(pyflm.__file__).parent / "assets" / "astronaut.jpg"
     loose = [160.0, 50.0, 290.0, 185.0]
     boxes_file = tmp_path / "boxes.json"
@@ -533,10 +534,12 @@ def test_refinement_square_from_meta_matches_python(cli, compiled_module, model_
         want = lm.detect(img, boxes=[loose], box_type="tight")[0].landmarks
         assert np.abs(got[scale] - want).max() < TOLERANCE_PX, scale
     assert np.abs(got[1.3] - got[1.7]).max() > 10 * TOLERANCE_PX  # the square really changed
-    meta = {**model_file["meta"], "crop": {**model_file["meta"]["crop"], "refine": {"scale": -1.0}}}
-    ts = deploy.export_torchscript({**model_file, "meta": meta}, tmp_path / "bad.ts")
-    proc = _run(cli, "--model", ts, "--ops", _ops(), "--boxes", boxes_file, "--refine", "1", photo)
-    assert proc.returncode == 2 and "bad crop.refine rule" in proc.stderr
+    for key, bad in (("refine", {"scale": -1.0}), ("landmarks", {"scale": "x", "center": "box"})):
+        crop = {**model_file["meta"]["crop"], key: bad}
+        crop["boxes"] = {k: v for k, v in crop["boxes"].items() if k != "tight"}  # tight falls back on landmarks
+        ts = deploy.export_torchscript({**model_file, "meta": {**model_file["meta"], "crop": crop}}, tmp_path / "bad.ts")
+        proc = _run(cli, "--model", ts, "--ops", _ops(), "--boxes", boxes_file, "--refine", "1", photo)
+        assert proc.returncode == 2 and f"bad crop.{key} rule" in proc.stderr, proc.stderr
 
 
 def test_large_photo_downscaled_like_python(cli, model_ts, tmp_path):

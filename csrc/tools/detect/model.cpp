@@ -204,12 +204,33 @@ bool LandmarkModel::flip_test() const { return impl_->flip_test; }
 
 namespace {
 
-const nlohmann::json* crop_boxes(const nlohmann::json& meta) {
-  if (meta.contains("crop") && meta["crop"].is_object() && meta["crop"].contains("boxes") &&
-      meta["crop"]["boxes"].is_object()) {
-    return &meta["crop"]["boxes"];
+bool crop_has(const nlohmann::json& meta, const char* key) {
+  return meta.contains("crop") && meta["crop"].is_object() && meta["crop"].contains(key);
+}
+
+// crop[key] over `rule` (fields it lacks keep rule's values); SetupError for a bad one
+LandmarkRule read_landmark_rule(const nlohmann::json& crop, const char* key, LandmarkRule rule) {
+  try {
+    const nlohmann::json& r = crop.at(key);
+    rule.scale = r.value("scale", rule.scale);
+    rule.center = r.value("center", rule.center);
+  } catch (const std::exception& e) {
+    throw SetupError(std::string("bad crop.") + key + " rule in the model's metadata: " + e.what());
   }
-  return nullptr;
+  if (!(rule.scale > 0) || (rule.center != "centroid" && rule.center != "box")) {
+    throw SetupError(std::string("bad crop.") + key +
+                     " rule in the model's metadata: scale must be > 0 and center 'centroid' or 'box'");
+  }
+  return rule;
+}
+
+// meta.crop.landmarks, the square the model was trained on (default: 1.3 around the centroid)
+LandmarkRule training_rule(const nlohmann::json& meta) {
+  return crop_has(meta, "landmarks") ? read_landmark_rule(meta["crop"], "landmarks", LandmarkRule{}) : LandmarkRule{};
+}
+
+const nlohmann::json* crop_boxes(const nlohmann::json& meta) {
+  return crop_has(meta, "boxes") && meta["crop"]["boxes"].is_object() ? &meta["crop"]["boxes"] : nullptr;
 }
 
 }  // namespace
@@ -224,10 +245,7 @@ BoxRule LandmarkModel::box_rule(const std::string& box_type) const {
   const nlohmann::json* boxes = crop_boxes(meta);
   if (box_type == "tight" && (boxes == nullptr || !boxes->contains("tight"))) {
     BoxRule rule;  // the training square: scale x the larger side of the landmarks' box
-    rule.scale = 1.3;
-    if (meta.contains("crop") && meta["crop"].is_object() && meta["crop"].contains("landmarks")) {
-      rule.scale = meta["crop"]["landmarks"].value("scale", 1.3);
-    }
+    rule.scale = training_rule(meta).scale;
     return rule;
   }
   if (boxes == nullptr || !boxes->contains(box_type)) {
@@ -260,27 +278,8 @@ LandmarkRule LandmarkModel::landmark_rule() const {
   // the square around predicted landmarks (refinement rounds): meta.crop.refine when the model
   // has one fitted (training.fit_inference_crops), else the training square meta.crop.landmarks
   const nlohmann::json& meta = impl_->meta;
-  LandmarkRule rule;
-  if (!meta.contains("crop") || !meta["crop"].is_object()) return rule;
-  const nlohmann::json& crop = meta["crop"];
-  const char* key = crop.contains("refine") ? "refine" : "landmarks";
-  if (!crop.contains(key)) return rule;
-  try {
-    if (crop.contains("landmarks")) {  // refine's defaults are the training square's values
-      rule.scale = crop["landmarks"].value("scale", 1.3);
-      rule.center = crop["landmarks"].value("center", std::string("centroid"));
-    }
-    const nlohmann::json& r = crop[key];
-    rule.scale = r.value("scale", rule.scale);
-    rule.center = r.value("center", rule.center);
-  } catch (const std::exception& e) {
-    throw SetupError(std::string("bad crop.") + key + " rule in the model's metadata: " + e.what());
-  }
-  if (!(rule.scale > 0) || (rule.center != "centroid" && rule.center != "box")) {
-    throw SetupError(std::string("bad crop.") + key +
-                     " rule in the model's metadata: scale must be > 0 and center 'centroid' or 'box'");
-  }
-  return rule;
+  const LandmarkRule train = training_rule(meta);
+  return crop_has(meta, "refine") ? read_landmark_rule(meta["crop"], "refine", train) : train;
 }
 
 void LandmarkModel::predict(const std::vector<cv::Mat>& crops, std::vector<float>& coords, std::vector<float>& scores) {
