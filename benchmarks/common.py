@@ -46,6 +46,20 @@ def machine() -> dict:
     return info
 
 
+
+def load_model_files(parser, models: list[str]) -> dict:
+    """``{name: loaded model file}`` for a benchmark's ``--models``, each read once; a
+    missing or damaged file is a one-line ``parser.error`` before any long work."""
+    from pyflm import deploy
+
+    files = {}
+    for m in models:
+        try:
+            files[m] = deploy.load_model_file(deploy.model_path(m))
+        except deploy.ModelFileError as e:
+            parser.error(f"--models: {e}")
+    return files
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import machine, markdown_table
+from benchmarks.common import load_model_files, machine, markdown_table
 
 RESULTS = Path(__file__).resolve().parent / "results" / "refine_rounds.json"
 
@@ -77,14 +77,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if any(not 0 <= n <= 10 for n in a.rounds):
         p.error("--rounds: each in 0..10")
-    from pyflm import deploy
 
-    files = {}  # loaded once; a missing or damaged file is one line, before minutes of detection
-    for m in a.models:
-        try:
-            files[m] = deploy.load_model_file(deploy.model_path(m))
-        except deploy.ModelFileError as e:
-            p.error(f"--models: {e}")
+    files = load_model_files(p, a.models)
     try:
         faces, counts = held_out_faces(a.detector, a.root)
     except (FileNotFoundError, ValueError) as e:

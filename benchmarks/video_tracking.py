@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import machine, markdown_table
+from benchmarks.common import load_model_files, machine, markdown_table
 
 RESULTS = Path(__file__).resolve().parent / "results" / "video_tracking.json"
 LEVELS = {"small": (0.02, 0.01, 1.0), "medium": (0.05, 0.02, 2.0), "large": (0.10, 0.04, 4.0)}
@@ -93,7 +93,6 @@ def measure(model: str, model_file: dict, clips: dict) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    from pyflm import deploy
     from pyflm.data import load_split
     from pyflm.io import load_image, write_json_atomic
     from training.dataset import holdout_split
@@ -107,12 +106,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if not 2 <= a.frames <= 100:
         p.error("--frames: 2..100")
-    files = {}  # loaded once; a missing or damaged file is one line, before the clips are made
-    for m in a.models:
-        try:
-            files[m] = deploy.load_model_file(deploy.model_path(m))
-        except deploy.ModelFileError as e:
-            p.error(f"--models: {e}")
+    files = load_model_files(p, a.models)
     try:
         _, val = holdout_split(load_split("300w-train", root=a.root), 0.1, 0)
     except (FileNotFoundError, ValueError) as e:
