@@ -90,8 +90,7 @@ def measure(models: list[str], threads: int, rounds: int, faces: list) -> list[d
     network = {m: [] for m in models}
     rates = []
     for _ in range(rounds):
-        rates.append(gemm_gmacs(threads))
-        torch.set_num_threads(threads)
+        rates.append(gemm_gmacs(threads))  # leaves torch at `threads` threads
         for m, lm in lms.items():
             for img, box in faces[:10]:  # warm-up
                 lm.detect(img, boxes=[box])
