@@ -262,12 +262,26 @@ def test_shipped_configs_validate():
     assert load_config(CONFIG_DIR / "hybrid.toml")["model"]["input_size"] == 224
 
 
+def test_light_preset_draws_inside_its_ranges():
+    from pyflm.data import sample_params
+    from training.dataset import AUGMENT_PRESETS
+
+    rng = np.random.default_rng()
+    draws = [sample_params(rng, AUGMENT_PRESETS["light"], 128) for _ in range(2000)]
+    angles, scales = np.array([d.angle_deg for d in draws]), np.array([d.scale for d in draws])
+    shifts = np.abs([d.shift for d in draws])
+    assert np.abs(angles).max() <= 20 and np.abs(angles).max() > 18  # +-20 degrees, not paper 1's 30
+    assert 0.8 <= scales.min() < 0.81 and 0.99 < scales.max() <= 1.0
+    assert shifts.max() <= 0.03 * 128 and max(abs(d.brightness - 1) for d in draws) <= 0.1
+    assert load_config(CONFIG_DIR / "fast_light.toml")["data"]["augment"] == "light"
+
+
 # ---------------------------------------------------------------------------
 # dataset and sampler
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("augment", ["none", "paper1", "paper2"])
+@pytest.mark.parametrize("augment", ["none", "paper1", "paper2", "light"])
 def test_dataset_items_map_back_exactly(data_dirs, augment):
     from training.dataset import AUGMENT_PRESETS
 

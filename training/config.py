@@ -14,7 +14,7 @@ Sections and keys (defaults in brackets):
          only, added after the held-out photos are chosen (so the validation
          set stays that of ``train`` alone, e.g. "youtube-train" frames).
          crop_scale [1.3], crop_center ["centroid"|"box"],
-         augment ["paper1"|"paper2"|"none"], normalize ["imagenet"|"none"],
+         augment ["paper1"|"paper2"|"light"|"none"], normalize ["imagenet"|"none"],
          warp ["cpu"|"device"]: where training crops are warped, jittered and
          occluded: in the DataLoader workers, or batched on the training
          device (the workers only decode and cut out the face's region; for
@@ -106,7 +106,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "holdout_seed": _Key(int, 0),
         "crop_scale": _Key(_FLOAT, 1.3, check=_pos, desc="> 0"),
         "crop_center": _Key(str, "centroid", choices=("centroid", "box")),
-        "augment": _Key(str, "paper1", choices=("paper1", "paper2", "none")),
+        "augment": _Key(str, "paper1", choices=("paper1", "paper2", "light", "none")),
         "warp": _Key(str, "cpu", choices=("cpu", "device")),
         "normalize": _Key(str, "imagenet", choices=("imagenet", "none")),
         "max_train_samples": _Key(int, 0, check=_nonneg, desc=">= 0"),
