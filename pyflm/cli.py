@@ -541,6 +541,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    import cv2
     import numpy as np
     from torch.utils import benchmark
 
@@ -563,6 +564,7 @@ def _bench(args: argparse.Namespace) -> int:
     for n in args.thread_counts:
         if lm.backend == "onnxruntime" and n != args.thread_counts[0]:  # its thread count is set at start
             lm = _make_landmarker(args, detector="default", num_threads=n)
+        cv2.setNumThreads(n)  # the face detector's row too (OpenCV's pool is process-wide)
 
         def median_ms(stmt, n=n, **g):
             t = benchmark.Timer(stmt=stmt, globals=g, num_threads=n)

@@ -273,6 +273,23 @@ def test_bad_arguments():
         FaceLandmarker(detector=None, num_threads=0)
 
 
+def test_num_threads_sets_torch_and_opencv():
+    import cv2
+
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    try:
+        for n in (1, 2):
+            FaceLandmarker(detector=None, num_threads=n)
+            assert (torch.get_num_threads(), cv2.getNumThreads()) == (n, n)
+        torch.set_num_threads(3)
+        cv2.setNumThreads(3)
+        FaceLandmarker(detector=None)  # not given: both left as they are
+        assert (torch.get_num_threads(), cv2.getNumThreads()) == (3, 3)
+    finally:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])
+
+
 def test_bad_model_files(tmp_path):
     good = deploy.default_model_path().read_bytes()
     trunc = tmp_path / "truncated.pt"
