@@ -46,7 +46,6 @@ def machine() -> dict:
     return info
 
 
-
 def load_model_files(parser, models: list[str]) -> dict:
     """``{name: loaded model file}`` for a benchmark's ``--models``, each read once; a
     missing or damaged file is a one-line ``parser.error`` before any long work."""
@@ -59,6 +58,7 @@ def load_model_files(parser, models: list[str]) -> dict:
         except deploy.ModelFileError as e:
             parser.error(f"--models: {e}")
     return files
+
 
 def sync(device: str) -> None:
     if device.startswith("cuda"):

@@ -77,7 +77,6 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if any(not 0 <= n <= 10 for n in a.rounds):
         p.error("--rounds: each in 0..10")
-
     files = load_model_files(p, a.models)
     try:
         faces, counts = held_out_faces(a.detector, a.root)

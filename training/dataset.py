@@ -55,7 +55,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # "light": a last fine-tuning stage framed like inference: faces 0.8-1.0 of the training
 # square (the bundled models' refinement squares, 1.45-1.5, frame a face like 0.87-0.9 of
-# it), +-20 degrees, half paper 1's shift and colour jitter.
+# it), +-20 degrees, half paper 1's shift and colour jitter. Tried on fast and not shipped
+# (training/configs/fast_light.toml says why); the bundled models use paper1.
 LIGHT = PAPER1.replace(rotation_deg=20.0, scale_range=(0.8, 1.0), translation=0.03, brightness=0.1, contrast=0.1,
                        saturation=0.1)
 AUGMENT_PRESETS: dict[str, AugmentConfig | None] = {"paper1": PAPER1, "paper2": PAPER2, "light": LIGHT, "none": None}
