@@ -56,10 +56,10 @@ def synthetic_clip(image: np.ndarray, landmarks: np.ndarray, frames: int, level:
     return images, points
 
 
-def with_refine_square(model_file: dict, scale: float) -> dict:
-    """A copy of ``model_file`` whose refinement / tracking square is ``scale``."""
+def with_refine_square(model_file: dict, scale: float, center: str) -> dict:
+    """A copy of ``model_file`` whose refinement / tracking square is ``scale`` x the
+    landmarks' extent around their ``center``."""
     meta = copy.deepcopy(model_file["meta"])
-    center = meta["crop"].get("refine", meta["crop"]["landmarks"]).get("center", "centroid")
     meta["crop"]["refine"] = {"scale": float(scale), "center": center}
     return {**model_file, "meta": meta}
 
@@ -70,13 +70,13 @@ def measure(model: str, model_file: dict, clips: dict) -> list[dict]:
     from pyflm.data import tight_box
     from pyflm.metrics import nme
 
-    own = float(model_file["meta"]["crop"].get("refine", model_file["meta"]["crop"]["landmarks"])["scale"])
-    training = float(model_file["meta"]["crop"]["landmarks"]["scale"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation notices
+        shipped = FaceLandmarker(model=model_file, detector=None)
+        training = FaceLandmarker(model=with_refine_square(model_file, *shipped.training_rule), detector=None)
     rows = []
-    for label, scale in (("refinement", own), ("training", training)):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the exporter's deprecation notices
-            lm = FaceLandmarker(model=with_refine_square(model_file, scale), detector=None)
+    for label, lm in (("refinement", shipped), ("training", training)):
+        scale = lm.landmark_rule[0]
         for level, clip_list in clips.items():
             errors, t0 = [], time.perf_counter()
             for images, points in clip_list:

@@ -44,10 +44,10 @@ def test_clip_landmarks_follow_the_pixels():
 def test_with_refine_square_copies():
     mf = deploy.load_model_file(deploy.default_model_path())
     before = dict(mf["meta"]["crop"]["refine"])
-    out = video_tracking.with_refine_square(mf, 1.7)
-    assert out["meta"]["crop"]["refine"] == {"scale": 1.7, "center": before["center"]}
+    out = video_tracking.with_refine_square(mf, 1.7, "centroid")
+    assert out["meta"]["crop"]["refine"] == {"scale": 1.7, "center": "centroid"}
     assert mf["meta"]["crop"]["refine"] == before  # the input is left alone
-    assert FaceLandmarker(model=out, detector=None).landmark_rule[0] == 1.7
+    assert FaceLandmarker(model=out, detector=None).landmark_rule == (1.7, "centroid")
 
 
 @needs_model
